@@ -1,0 +1,150 @@
+"""Chunking throughput: datapipe's ``SemanticChunker`` vs the embedding model alone.
+
+What is measured: sentences per second. The shared test documents
+(``shared/corpus/docs``, or ``examples/docs`` when that folder is missing) are
+extracted once with ``datapipe.extract.extract_file`` (untimed). Then, per document:
+
+* datapipe: ``SemanticChunker(ChunkConfig()).chunk(doc)`` -- sentence splitting,
+  token counting with the model's tokenizer, cutting over-long sentences,
+  embedding, similarity breakpoints and building ``Chunk`` records;
+* model alone: the packaged all-MiniLM-L6-v2 sentence-transformers model
+  (``load_embedder(None)``, the very object the chunker uses) encoding the same
+  sentence texts (``split_sentences(doc)``) with the chunker's encode arguments,
+  one ``encode`` call per document as the chunker makes.
+
+Both sides are credited with the same sentence count, ``len(split_sentences(doc))``.
+The document list is repeated until one model-alone pass takes a few seconds;
+after an untimed warm-up the sides alternate for several rounds (the order flips
+each round), within a time budget. The headline figures are best-of-rounds (each
+side's fastest pass): torch uses every core, so anything else running on a
+2-core machine slows single passes several-fold. The mean over all rounds and
+the median of the per-round ratios are printed as well.
+
+Run from the project root:  .venv/bin/python bench/bench_chunk.py [--rounds N] [--budget-s S] [--min-pass-s S]
+Last line:  RESULT bench_chunk ratio=<datapipe/model-alone> ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def docs_dir() -> Path:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "docs"
+    return shared if shared.is_dir() else ROOT / "examples" / "docs"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--budget-s", type=float, default=90.0,
+                    help="start no new round after this many seconds of timed rounds (at least 2 rounds run)")
+    ap.add_argument("--min-pass-s", type=float, default=4.0,
+                    help="repeat the documents until one model-alone pass takes at least this long")
+    args = ap.parse_args()
+
+    from datapipe.chunk import SemanticChunker, load_embedder, split_sentences
+    from datapipe.config import ChunkConfig, ExtractConfig
+    from datapipe.extract import SourceFile, extract_file
+    from datapipe.records import Document
+
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    folder = docs_dir()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    docs: list[Document] = []
+    t0 = time.perf_counter()
+    for p in files:
+        out = extract_file(SourceFile(p), ExtractConfig())
+        if isinstance(out, Document):
+            docs.append(out)
+        else:
+            print(f"  skipped {p.name}: {out.reason}")
+    print(f"documents: {folder} ({len(docs)} of {len(files)} extracted in {time.perf_counter() - t0:.1f}s, untimed)")
+
+    cfg = ChunkConfig()
+    chunker = SemanticChunker(cfg)
+    model = load_embedder(None)
+    texts_per_doc = [[d.text[s.start : s.end] for s in split_sentences(d)] for d in docs]
+    sents_per_pass = sum(len(t) for t in texts_per_doc)
+    print(f"model: {chunker.model_name}, torch threads: {_torch_threads()}, sentences per document pass: "
+          f"{sents_per_pass}")
+
+    def run_datapipe(workload: list[Document]) -> int:
+        return sum(len(chunker.chunk(d)) for d in workload)
+
+    def run_model(workload: list[list[str]]) -> None:
+        for texts in workload:
+            model.encode(texts, batch_size=cfg.batch_size, normalize_embeddings=True,
+                         convert_to_numpy=True, show_progress_bar=False)
+
+    # warm-up, and calibrate how many times to repeat the documents
+    run_datapipe(docs)
+    t0 = time.perf_counter()
+    run_model(texts_per_doc)
+    one = time.perf_counter() - t0
+    reps = max(1, math.ceil(args.min_pass_s / max(one, 1e-3)))
+    dp_work = docs * reps
+    model_work = texts_per_doc * reps
+    sents = sents_per_pass * reps
+    n_chunks = run_datapipe(docs)
+    print(f"warm-up model pass {one:.2f}s -> repeating the documents {reps}x: {sents} sentences per timed pass "
+          f"({n_chunks * reps} chunks)")
+
+    t_dp: list[float] = []
+    t_m: list[float] = []
+    budget_end = time.perf_counter() + args.budget_s
+    for r in range(args.rounds):
+        if r >= 2 and time.perf_counter() > budget_end:
+            print(f"time budget of {args.budget_s:.0f}s spent: stopping after {r} rounds")
+            break
+        order = [("datapipe", lambda: run_datapipe(dp_work)), ("model", lambda: run_model(model_work))]
+        if r % 2:
+            order.reverse()
+        times: dict[str, float] = {}
+        for name, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        t_dp.append(times["datapipe"])
+        t_m.append(times["model"])
+        print(f"round {r + 1}: datapipe {times['datapipe']:.2f}s ({sents / times['datapipe']:.1f} sent/s), "
+              f"model alone {times['model']:.2f}s ({sents / times['model']:.1f} sent/s)")
+
+    n = len(t_dp)
+    dp_best, m_best = sents / min(t_dp), sents / min(t_m)
+    dp_mean, m_mean = sents * n / sum(t_dp), sents * n / sum(t_m)
+    median_ratio = statistics.median(m / d for d, m in zip(t_dp, t_m))
+    print(f"datapipe chunker: best {dp_best:.1f} sentences/s, mean {dp_mean:.1f} ({sents * n} in {sum(t_dp):.2f}s)")
+    print(f"model alone:      best {m_best:.1f} sentences/s, mean {m_mean:.1f} ({sents * n} in {sum(t_m):.2f}s)")
+    print(f"ratio datapipe/model: best-of {dp_best / m_best:.2f}, mean {dp_mean / m_mean:.2f}, "
+          f"median of rounds {median_ratio:.2f}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    print(f"RESULT bench_chunk ratio={dp_best / m_best:.2f} datapipe_sent_per_s={dp_best:.1f} "
+          f"model_sent_per_s={m_best:.1f} mean_ratio={dp_mean / m_mean:.2f} median_ratio={median_ratio:.2f} "
+          f"sentences={sents} docs={len(docs)}x{reps} rounds={n}")
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Extraction throughput: datapipe's ``extract_file`` vs ``unstructured`` alone.
+
+What is measured: pages per second over the shared test documents
+(``shared/corpus/docs``, or ``examples/docs`` when that folder is missing), first
+through ``datapipe.extract.extract_file`` (hashing, the encrypted-PDF check, text
+decoding, ``unstructured`` partitioning and joining elements into a ``Document``),
+then through ``unstructured.partition.auto.partition(filename=...)`` alone, as a
+user would call it (``strategy="fast"``, ``languages=["eng"]`` for PDFs).
+
+Both sides run in the same process on the same files and are credited with the
+same page count: datapipe's ``n_pages`` per file (1 when it has none). Files
+datapipe rejects count as 0 pages on both sides but are still processed by both.
+After one untimed warm-up of each side (model and parser loading), the two sides
+alternate for several rounds (the order flips each round), within a time budget.
+The headline figures are best-of-rounds (each side's fastest pass), which is the
+least disturbed by other work on a 2-core machine; the mean over all rounds and
+the median of the per-round ratios are printed as well.
+
+Run from the project root:  .venv/bin/python bench/bench_extract.py [--rounds N] [--budget-s S]
+Last line:  RESULT bench_extract ratio=<datapipe/unstructured> ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def docs_dir() -> Path:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "docs"
+    return shared if shared.is_dir() else ROOT / "examples" / "docs"
+
+
+def list_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--budget-s", type=float, default=90.0,
+                    help="start no new round after this many seconds of timed rounds (at least 2 rounds run)")
+    args = ap.parse_args()
+
+    from unstructured.partition.auto import partition
+
+    from datapipe.config import ExtractConfig
+    from datapipe.extract import SourceFile, _ensure_offline_spacy, extract_file
+    from datapipe.records import Document
+
+    _ensure_offline_spacy()
+    cfg = ExtractConfig()
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    folder = docs_dir()
+    files = list_files(folder)
+    print(f"documents: {folder} ({len(files)} files)")
+
+    def run_datapipe() -> list[object]:
+        return [extract_file(SourceFile(p), cfg) for p in files]
+
+    def run_unstructured() -> list[list[object]]:
+        out = []
+        for p in files:
+            if p.suffix.lower() == ".pdf":
+                out.append(list(partition(filename=str(p), strategy=cfg.pdf_strategy, languages=["eng"])))
+            else:
+                out.append(list(partition(filename=str(p))))
+        return out
+
+    t0 = time.perf_counter()
+    warm_dp = run_datapipe()
+    t_warm_dp = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warm_un = run_unstructured()
+    t_warm_un = time.perf_counter() - t0
+    print(f"warm-up: datapipe {t_warm_dp:.2f}s, unstructured {t_warm_un:.2f}s (untimed)")
+
+    pages = 0
+    for p, out, els in zip(files, warm_dp, warm_un):
+        if isinstance(out, Document):
+            n = out.n_pages or 1
+            pages += n
+            print(f"  {p.name:32s} pages={n:3d} chars={len(out.text):7d} elements={len(els)}")
+        else:
+            print(f"  {p.name:32s} REJECT {out.reason}: {out.detail}  elements={len(els)}")
+    print(f"pages per pass: {pages}")
+
+    t_dp: list[float] = []
+    t_un: list[float] = []
+    budget_end = time.perf_counter() + args.budget_s
+    for r in range(args.rounds):
+        if r >= 2 and time.perf_counter() > budget_end:
+            print(f"time budget of {args.budget_s:.0f}s spent: stopping after {r} rounds")
+            break
+        order = [("datapipe", run_datapipe), ("unstructured", run_unstructured)]
+        if r % 2:
+            order.reverse()
+        times: dict[str, float] = {}
+        for name, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        t_dp.append(times["datapipe"])
+        t_un.append(times["unstructured"])
+        print(f"round {r + 1}: datapipe {times['datapipe']:.2f}s ({pages / times['datapipe']:.2f} pages/s), "
+              f"unstructured {times['unstructured']:.2f}s ({pages / times['unstructured']:.2f} pages/s)")
+
+    n = len(t_dp)
+    dp_best, un_best = pages / min(t_dp), pages / min(t_un)
+    dp_mean, un_mean = pages * n / sum(t_dp), pages * n / sum(t_un)
+    median_ratio = statistics.median(u / d for d, u in zip(t_dp, t_un))
+    print(f"datapipe:     best {dp_best:.2f} pages/s, mean {dp_mean:.2f} pages/s ({pages * n} pages in {sum(t_dp):.2f}s)")
+    print(f"unstructured: best {un_best:.2f} pages/s, mean {un_mean:.2f} pages/s ({pages * n} pages in {sum(t_un):.2f}s)")
+    print(f"ratio datapipe/unstructured: best-of {dp_best / un_best:.2f}, mean {dp_mean / un_mean:.2f}, "
+          f"median of rounds {median_ratio:.2f}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    print(f"RESULT bench_extract ratio={dp_best / un_best:.2f} datapipe_pages_per_s={dp_best:.2f} "
+          f"unstructured_pages_per_s={un_best:.2f} mean_ratio={dp_mean / un_mean:.2f} median_ratio={median_ratio:.2f} "
+          f"files={len(files)} pages={pages} rounds={n}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

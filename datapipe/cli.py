@@ -1,0 +1,147 @@
+"""`datapipe`: the command line. Subcommands mirror the stages; `run` runs them all as a Prefect flow."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+import warnings  # noqa: E402
+
+# Third-party deprecation chatter (pydantic, distilabel) would bury the progress display.
+warnings.filterwarnings("ignore", category=UserWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from datapipe.errors import DatapipeError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Turn your documents into training data for small language models.")
+console = Console()
+err_console = Console(stderr=True)
+
+Target = Annotated[str, typer.Argument(help="pipeline.yaml, or a run folder (runs/<run_id>)")]
+
+
+def _fail(exc: BaseException) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _summary(target: str, wall: float | None) -> None:
+    from datapipe.pipeline import store_for
+    from datapipe.report import collect_summary, render_summary
+    from datapipe.runs import load_target
+
+    console.print(render_summary(collect_summary(store_for(load_target(target))), wall))
+
+
+def _stage(fn: Callable[..., Any], target: str, **kwargs: Any) -> None:
+    from datapipe.report import RichProgress
+    from datapipe.runs import load_target
+
+    t0 = time.time()
+    try:
+        cfg = load_target(target)
+        with RichProgress() as progress:
+            fn(cfg, progress=progress, **kwargs)
+    except (DatapipeError, FileNotFoundError) as exc:
+        _fail(exc)
+    _summary(target, time.time() - t0)
+
+
+@app.command()
+def run(target: Target = "pipeline.yaml",
+        export_format: Annotated[str | None, typer.Option("--format", help="export format")] = None) -> None:
+    """Run extract -> chunk -> generate -> filter -> export as a Prefect flow, then print a summary."""
+    from datapipe.report import RichProgress
+    from datapipe.runs import load_target
+
+    t0 = time.time()
+    try:
+        load_target(target)  # fail fast on a bad config, before Prefect starts
+        from flows.pipeline import pipeline_flow, set_progress
+
+        with RichProgress() as progress:
+            set_progress(progress)
+            pipeline_flow(target, export_format)
+    except DatapipeError as exc:
+        _fail(exc)
+    _summary(target, time.time() - t0)
+    from datapipe.pipeline import store_for
+
+    m = store_for(load_target(target)).read_manifest("export")
+    if m:
+        console.print(f"training data: [bold]{m['path']}[/] ({m['counts']['out']} rows, format {m['format']})")
+
+
+@app.command()
+def extract(target: Target = "pipeline.yaml") -> None:
+    """Extract text from the configured sources into <run>/documents/."""
+    from datapipe.pipeline import run_extract
+
+    _stage(run_extract, target)
+
+
+@app.command()
+def chunk(target: Target = "pipeline.yaml") -> None:
+    """Split documents into semantic chunks (<run>/chunks/)."""
+    from datapipe.pipeline import run_chunk
+
+    _stage(run_chunk, target)
+
+
+@app.command()
+def generate(target: Target = "pipeline.yaml") -> None:
+    """Generate instruction samples from chunks with the teacher (<run>/samples/)."""
+    from datapipe.pipeline import run_generate
+
+    _stage(run_generate, target)
+
+
+@app.command(name="filter")
+def filter_(target: Target = "pipeline.yaml") -> None:
+    """Filter samples; drops go to <run>/rejects/ with a reason (<run>/filtered/)."""
+    from datapipe.pipeline import run_filter
+
+    _stage(run_filter, target)
+
+
+@app.command()
+def export(target: Target = "pipeline.yaml",
+           export_format: Annotated[str | None, typer.Option("--format", help="chatml | sharegpt | alpaca")] = None,
+           out: Annotated[Path | None, typer.Option(help="output folder (default <run>/exports/<format>)")] = None,
+           ) -> None:
+    """Write the kept samples as training-ready parquet."""
+    from datapipe.pipeline import run_export
+
+    _stage(run_export, target, fmt=export_format, out=str(out) if out else None)
+    from datapipe.pipeline import store_for
+    from datapipe.runs import load_target
+
+    m = store_for(load_target(target)).read_manifest("export")
+    if m:
+        console.print(f"training data: [bold]{m['path']}[/] ({m['counts']['out']} rows, format {m['format']})")
+
+
+@app.command()
+def summary(target: Target = "pipeline.yaml") -> None:
+    """Print the summary of a run from its manifests."""
+    try:
+        _summary(target, None)
+    except (DatapipeError, FileNotFoundError) as exc:
+        _fail(exc)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

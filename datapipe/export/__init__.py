@@ -1,0 +1,58 @@
+"""Export: kept samples -> training-ready parquet that trainers load as is.
+
+* ``chatml``: ``messages`` = [{role, content}] — TRL SFTTrainer (conversational),
+  Axolotl ``type: chat_template``, Unsloth.
+* ``sharegpt``: ``conversations`` = [{from, value}] with human/gpt — LLaMA-Factory, Axolotl.
+* ``alpaca``: ``instruction``/``input``/``output`` — LLaMA-Factory alpaca, Axolotl ``alpaca``.
+
+Every row also carries ``id``, the sample id, to trace it back through the run store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from datapipe.records import Sample
+
+_MSG = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_TURN = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "chatml": pa.schema([("id", pa.string()), ("messages", _MSG)]),
+    "sharegpt": pa.schema([("id", pa.string()), ("conversations", _TURN)]),
+    "alpaca": pa.schema([("id", pa.string()), ("instruction", pa.string()), ("input", pa.string()),
+                         ("output", pa.string()), ("system", pa.string())]),
+}
+_SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def to_row(sample: Sample, fmt: str, system_prompt: str | None = None) -> dict[str, Any]:
+    messages = [m.model_dump() for m in sample.messages]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if fmt == "chatml":
+        return {"id": sample.id, "messages": messages}
+    if fmt == "sharegpt":
+        return {"id": sample.id, "conversations": [{"from": _SHAREGPT_ROLE[m["role"]], "value": m["content"]}
+                                                   for m in messages]}
+    if fmt == "alpaca":
+        return {"id": sample.id, "instruction": sample.instruction, "input": "", "output": sample.response,
+                "system": system_prompt or ""}
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(SCHEMAS)}")
+
+
+def export_samples(samples: Iterable[Sample], fmt: str, out_dir: Path, system_prompt: str | None = None) -> Path:
+    """Write ``train.parquet`` in ``out_dir``; returns its path."""
+    import pyarrow.parquet as pq
+
+    rows = [to_row(s, fmt, system_prompt) for s in sorted(samples, key=lambda s: s.id)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "train.parquet"
+    tmp = out_dir / ".train.parquet.tmp"
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[fmt]), tmp)
+    tmp.replace(path)
+    return path

