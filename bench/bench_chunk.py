@@ -52,13 +52,13 @@ def docs_dir() -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--budget-s", type=float, default=90.0,
+    ap.add_argument("--budget-s", type=float, default=75.0,
                     help="start no new round after this many seconds of timed rounds (at least 2 rounds run)")
     ap.add_argument("--min-pass-s", type=float, default=4.0,
                     help="repeat the documents until one model-alone pass takes at least this long")
     args = ap.parse_args()
 
-    from datapipe.chunk import SemanticChunker, load_embedder, split_sentences
+    from datapipe.chunk import SemanticChunker, default_model_path, load_embedder, split_sentences
     from datapipe.config import ChunkConfig, ExtractConfig
     from datapipe.extract import SourceFile, extract_file
     from datapipe.records import Document
@@ -81,7 +81,7 @@ def main() -> int:
     model = load_embedder(None)
     texts_per_doc = [[d.text[s.start : s.end] for s in split_sentences(d)] for d in docs]
     sents_per_pass = sum(len(t) for t in texts_per_doc)
-    print(f"model: {chunker.model_name}, torch threads: {_torch_threads()}, sentences per document pass: "
+    print(f"model: {default_model_path()}, torch threads: {_torch_threads()}, sentences per document pass: "
           f"{sents_per_pass}")
 
     def run_datapipe(workload: list[Document]) -> int:
@@ -93,7 +93,7 @@ def main() -> int:
                          convert_to_numpy=True, show_progress_bar=False)
 
     # warm-up, and calibrate how many times to repeat the documents
-    run_datapipe(docs)
+    n_chunks = run_datapipe(docs)
     t0 = time.perf_counter()
     run_model(texts_per_doc)
     one = time.perf_counter() - t0
@@ -101,7 +101,6 @@ def main() -> int:
     dp_work = docs * reps
     model_work = texts_per_doc * reps
     sents = sents_per_pass * reps
-    n_chunks = run_datapipe(docs)
     print(f"warm-up model pass {one:.2f}s -> repeating the documents {reps}x: {sents} sentences per timed pass "
           f"({n_chunks * reps} chunks)")
 
@@ -128,7 +127,7 @@ def main() -> int:
     n = len(t_dp)
     dp_best, m_best = sents / min(t_dp), sents / min(t_m)
     dp_mean, m_mean = sents * n / sum(t_dp), sents * n / sum(t_m)
-    median_ratio = statistics.median(m / d for d, m in zip(t_dp, t_m))
+    median_ratio = statistics.median(m / d for d, m in zip(t_dp, t_m, strict=True))
     print(f"datapipe chunker: best {dp_best:.1f} sentences/s, mean {dp_mean:.1f} ({sents * n} in {sum(t_dp):.2f}s)")
     print(f"model alone:      best {m_best:.1f} sentences/s, mean {m_mean:.1f} ({sents * n} in {sum(t_m):.2f}s)")
     print(f"ratio datapipe/model: best-of {dp_best / m_best:.2f}, mean {dp_mean / m_mean:.2f}, "

@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
@@ -50,7 +51,7 @@ def list_files(folder: Path) -> list[Path]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--budget-s", type=float, default=90.0,
+    ap.add_argument("--budget-s", type=float, default=75.0,
                     help="start no new round after this many seconds of timed rounds (at least 2 rounds run)")
     args = ap.parse_args()
 
@@ -58,7 +59,7 @@ def main() -> int:
 
     from datapipe.config import ExtractConfig
     from datapipe.extract import SourceFile, _ensure_offline_spacy, extract_file
-    from datapipe.records import Document
+    from datapipe.records import Document, Reject
 
     _ensure_offline_spacy()
     cfg = ExtractConfig()
@@ -67,11 +68,11 @@ def main() -> int:
     files = list_files(folder)
     print(f"documents: {folder} ({len(files)} files)")
 
-    def run_datapipe() -> list[object]:
+    def run_datapipe() -> list[Document | Reject]:
         return [extract_file(SourceFile(p), cfg) for p in files]
 
-    def run_unstructured() -> list[list[object]]:
-        out = []
+    def run_unstructured() -> list[list[Any]]:
+        out: list[list[Any]] = []
         for p in files:
             if p.suffix.lower() == ".pdf":
                 out.append(list(partition(filename=str(p), strategy=cfg.pdf_strategy, languages=["eng"])))
@@ -88,7 +89,7 @@ def main() -> int:
     print(f"warm-up: datapipe {t_warm_dp:.2f}s, unstructured {t_warm_un:.2f}s (untimed)")
 
     pages = 0
-    for p, out, els in zip(files, warm_dp, warm_un):
+    for p, out, els in zip(files, warm_dp, warm_un, strict=True):
         if isinstance(out, Document):
             n = out.n_pages or 1
             pages += n
@@ -120,9 +121,11 @@ def main() -> int:
     n = len(t_dp)
     dp_best, un_best = pages / min(t_dp), pages / min(t_un)
     dp_mean, un_mean = pages * n / sum(t_dp), pages * n / sum(t_un)
-    median_ratio = statistics.median(u / d for d, u in zip(t_dp, t_un))
-    print(f"datapipe:     best {dp_best:.2f} pages/s, mean {dp_mean:.2f} pages/s ({pages * n} pages in {sum(t_dp):.2f}s)")
-    print(f"unstructured: best {un_best:.2f} pages/s, mean {un_mean:.2f} pages/s ({pages * n} pages in {sum(t_un):.2f}s)")
+    median_ratio = statistics.median(u / d for d, u in zip(t_dp, t_un, strict=True))
+    print(f"datapipe:     best {dp_best:.2f} pages/s, mean {dp_mean:.2f} pages/s "
+          f"({pages * n} pages in {sum(t_dp):.2f}s)")
+    print(f"unstructured: best {un_best:.2f} pages/s, mean {un_mean:.2f} pages/s "
+          f"({pages * n} pages in {sum(t_un):.2f}s)")
     print(f"ratio datapipe/unstructured: best-of {dp_best / un_best:.2f}, mean {dp_mean / un_mean:.2f}, "
           f"median of rounds {median_ratio:.2f}")
     print(f"load average at end: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")

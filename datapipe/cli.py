@@ -9,9 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
-               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
-               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
+for _k, _v in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}.items():
     os.environ.setdefault(_k, _v)
 
 import warnings  # noqa: E402
@@ -25,8 +31,9 @@ from rich.console import Console  # noqa: E402
 
 from datapipe.errors import DatapipeError  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Turn your documents into training data for small language models.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Turn your documents into training data for small language models."
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -61,8 +68,10 @@ def _stage(fn: Callable[..., Any], target: str, **kwargs: Any) -> None:
 
 
 @app.command()
-def run(target: Target = "pipeline.yaml",
-        export_format: Annotated[str | None, typer.Option("--format", help="export format")] = None) -> None:
+def run(
+    target: Target = "pipeline.yaml",
+    export_format: Annotated[str | None, typer.Option("--format", help="export format")] = None,
+) -> None:
     """Run extract -> chunk -> generate -> filter -> export as a Prefect flow, then print a summary."""
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
@@ -118,10 +127,11 @@ def filter_(target: Target = "pipeline.yaml") -> None:
 
 
 @app.command()
-def export(target: Target = "pipeline.yaml",
-           export_format: Annotated[str | None, typer.Option("--format", help="chatml | sharegpt | alpaca")] = None,
-           out: Annotated[Path | None, typer.Option(help="output folder (default <run>/exports/<format>)")] = None,
-           ) -> None:
+def export(
+    target: Target = "pipeline.yaml",
+    export_format: Annotated[str | None, typer.Option("--format", help="chatml | sharegpt | alpaca")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default <run>/exports/<format>)")] = None,
+) -> None:
     """Write the kept samples as training-ready parquet."""
     from datapipe.pipeline import run_export
 

@@ -27,7 +27,9 @@ class ExtractConfig(_Strict):
     min_chars: int = Field(64, ge=0, description="documents with fewer characters are rejected")
     max_file_mb: float = Field(100.0, gt=0, description="larger files are rejected unread")
     extensions: list[str] = [".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".txt"]
-    skip_categories: list[str] = Field(["Header", "Footer", "PageBreak"], description="unstructured element types dropped")
+    skip_categories: list[str] = Field(
+        ["Header", "Footer", "PageBreak"], description="unstructured element types dropped"
+    )
     preferred_encodings: list[str] = Field(
         ["cp1252"], description="tried first when a non-UTF-8 text file looks like a Latin code page"
     )

@@ -79,9 +79,20 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
         if docs and docs[0].id in seen:
             dup_key = f"dup-{key}"
             if not store.has_shard("extract", dup_key):
-                store.write_shard("extract", dup_key, Document.to_table([]), [Reject(
-                    stage="extract", record_id=docs[0].id, reason=f"duplicate_of:{docs[0].id}",
-                    detail=f"same bytes as {seen[docs[0].id]}", source_path=str(src.path))])
+                store.write_shard(
+                    "extract",
+                    dup_key,
+                    Document.to_table([]),
+                    [
+                        Reject(
+                            stage="extract",
+                            record_id=docs[0].id,
+                            reason=f"duplicate_of:{docs[0].id}",
+                            detail=f"same bytes as {seen[docs[0].id]}",
+                            source_path=str(src.path),
+                        )
+                    ],
+                )
             rec.add(dup_key, [str(src.path)], 1, 0, 1, time.perf_counter() - t0, reused)
         else:
             if docs:
@@ -173,9 +184,17 @@ def run_generate(cfg: PipelineConfig, progress: Progress | None = None, teacher:
             progress.advance("generate", len(chunks))
         else:
             samples: list[Sample] = []
-            rejects = [Reject(stage="generate", record_id=c.id, reason="over_max_chunks", source_path=c.source_path,
-                              detail=f"generate.max_chunks={gen_cfg.max_chunks} chunks were sent to the teacher")
-                       for c in chunks if c.id not in selected]
+            rejects = [
+                Reject(
+                    stage="generate",
+                    record_id=c.id,
+                    reason="over_max_chunks",
+                    source_path=c.source_path,
+                    detail=f"generate.max_chunks={gen_cfg.max_chunks} chunks were sent to the teacher",
+                )
+                for c in chunks
+                if c.id not in selected
+            ]
             progress.advance("generate", len(chunks) - len(chosen))
 
             async def per_chunk(c: Chunk) -> tuple[list[Sample], list[Reject]]:
@@ -237,8 +256,9 @@ def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[st
     return rec.finish()
 
 
-def run_export(cfg: PipelineConfig, fmt: str | None = None, out: str | None = None,
-               progress: Progress | None = None) -> dict[str, Any]:
+def run_export(
+    cfg: PipelineConfig, fmt: str | None = None, out: str | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     from datapipe.export import export_samples
 
     progress = progress or NullProgress()
@@ -251,8 +271,14 @@ def run_export(cfg: PipelineConfig, fmt: str | None = None, out: str | None = No
     path = export_samples(samples, fmt, out_dir, cfg.export.system_prompt)
     progress.advance("export", len(samples))
     progress.done("export")
-    manifest = {"stage": "export", "format": fmt, "path": str(path), "seconds": round(time.perf_counter() - t0, 3),
-                "counts": {"in": len(samples), "out": len(samples), "rejected": 0}, "rejects_by_reason": {}}
+    manifest = {
+        "stage": "export",
+        "format": fmt,
+        "path": str(path),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "counts": {"in": len(samples), "out": len(samples), "rejected": 0},
+        "rejects_by_reason": {},
+    }
     store.write_manifest("export", manifest)
     return manifest
 

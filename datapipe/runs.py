@@ -36,8 +36,10 @@ def load_target(target: str | Path) -> PipelineConfig:
     if p.is_dir():
         cfg_file = p / RUN_CONFIG
         if not cfg_file.is_file():
-            raise ConfigError(f"{p} is a folder without {RUN_CONFIG}: pass a pipeline.yaml or a run folder "
-                              f"made by `datapipe run` / `datapipe extract`")
+            raise ConfigError(
+                f"{p} is a folder without {RUN_CONFIG}: pass a pipeline.yaml or a run folder "
+                f"made by `datapipe run` / `datapipe extract`"
+            )
         data = json.loads(cfg_file.read_text(encoding="utf-8"))
         return PipelineConfig(**data, base_dir=p.resolve())
     cfg = load_config(p)

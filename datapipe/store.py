@@ -135,11 +135,19 @@ class StageRecorder:
         self.shards: list[dict[str, Any]] = []
         self.extra: dict[str, Any] = {}
 
-    def add(self, key: str, inputs: list[str], n_in: int, n_out: int, n_rejects: int, seconds: float,
-            reused: bool) -> None:
+    def add(
+        self, key: str, inputs: list[str], n_in: int, n_out: int, n_rejects: int, seconds: float, reused: bool
+    ) -> None:
         self.shards.append(
-            {"key": key, "inputs": inputs, "in": n_in, "out": n_out, "rejects": n_rejects,
-             "seconds": round(seconds, 4), "reused": reused}
+            {
+                "key": key,
+                "inputs": inputs,
+                "in": n_in,
+                "out": n_out,
+                "rejects": n_rejects,
+                "seconds": round(seconds, 4),
+                "reused": reused,
+            }
         )
 
     def finish(self) -> dict[str, Any]:

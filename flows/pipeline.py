@@ -8,8 +8,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-for _k, _v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
+for _k, _v in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}.items():
     os.environ.setdefault(_k, _v)
 
 from prefect import flow, task  # noqa: E402
@@ -36,8 +39,12 @@ def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-_task_opts: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": _retry_if_transient,
-                              "cache_policy": NO_CACHE}
+_task_opts: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": _retry_if_transient,
+    "cache_policy": NO_CACHE,
+}
 
 
 @task(name="extract", **_task_opts)

@@ -89,12 +89,13 @@ def split_sentences(doc: Document) -> list[Sentence]:
     return out
 
 
-def _split_long(doc: Document, sents: list[Sentence], lengths: list[int], max_tokens: int,
-                tokenizer: Any) -> tuple[list[Sentence], list[int]]:
+def _split_long(
+    doc: Document, sents: list[Sentence], lengths: list[int], max_tokens: int, tokenizer: Any
+) -> tuple[list[Sentence], list[int]]:
     """Cut sentences longer than max_tokens at word boundaries so every chunk can respect the cap."""
     out_s: list[Sentence] = []
     out_n: list[int] = []
-    for s, n in zip(sents, lengths):
+    for s, n in zip(sents, lengths, strict=True):
         if n <= max_tokens:
             out_s.append(s)
             out_n.append(n)
@@ -124,8 +125,13 @@ class SemanticChunker:
         """Boolean per gap between sentence i and i+1: True where similarity drops."""
         if len(texts) < 2:
             return np.zeros(0, dtype=bool)
-        emb = self.model.encode(texts, batch_size=self.cfg.batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False)
+        emb = self.model.encode(
+            texts,
+            batch_size=self.cfg.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         sims = np.sum(emb[:-1] * emb[1:], axis=1)
         threshold = np.percentile(sims, self.cfg.breakpoint_percentile)
         return sims <= threshold
@@ -153,8 +159,9 @@ class SemanticChunker:
             prev = sum(lengths[i] for i in groups[-2])
             if last < self.cfg.min_tokens and last + prev <= self.cfg.max_tokens:
                 groups[-2].extend(groups.pop())
-        return [self._make_chunk(doc, [sents[i] for i in g], sum(lengths[i] for i in g), n)
-                for n, g in enumerate(groups)]
+        return [
+            self._make_chunk(doc, [sents[i] for i in g], sum(lengths[i] for i in g), n) for n, g in enumerate(groups)
+        ]
 
     def _make_chunk(self, doc: Document, sents: list[Sentence], n_tokens: int, index: int) -> Chunk:
         start, end = sents[0].start, sents[-1].end

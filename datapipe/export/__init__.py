@@ -24,8 +24,15 @@ _TURN = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 SCHEMAS: dict[str, pa.Schema] = {
     "chatml": pa.schema([("id", pa.string()), ("messages", _MSG)]),
     "sharegpt": pa.schema([("id", pa.string()), ("conversations", _TURN)]),
-    "alpaca": pa.schema([("id", pa.string()), ("instruction", pa.string()), ("input", pa.string()),
-                         ("output", pa.string()), ("system", pa.string())]),
+    "alpaca": pa.schema(
+        [
+            ("id", pa.string()),
+            ("instruction", pa.string()),
+            ("input", pa.string()),
+            ("output", pa.string()),
+            ("system", pa.string()),
+        ]
+    ),
 }
 _SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
 
@@ -37,11 +44,18 @@ def to_row(sample: Sample, fmt: str, system_prompt: str | None = None) -> dict[s
     if fmt == "chatml":
         return {"id": sample.id, "messages": messages}
     if fmt == "sharegpt":
-        return {"id": sample.id, "conversations": [{"from": _SHAREGPT_ROLE[m["role"]], "value": m["content"]}
-                                                   for m in messages]}
+        return {
+            "id": sample.id,
+            "conversations": [{"from": _SHAREGPT_ROLE[m["role"]], "value": m["content"]} for m in messages],
+        }
     if fmt == "alpaca":
-        return {"id": sample.id, "instruction": sample.instruction, "input": "", "output": sample.response,
-                "system": system_prompt or ""}
+        return {
+            "id": sample.id,
+            "instruction": sample.instruction,
+            "input": "",
+            "output": sample.response,
+            "system": system_prompt or "",
+        }
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(SCHEMAS)}")
 
 

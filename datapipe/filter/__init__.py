@@ -82,7 +82,13 @@ def filter_samples(samples: Iterable[Sample], cfg: FilterConfig) -> Iterator[Sam
                 seen[key] = s.id
                 s.verdicts["dedup_exact"] = "pass"
         if verdict:
-            yield Reject(stage="filter", record_id=s.id, reason=verdict[0], detail=verdict[1],
-                         source_path=s.provenance.source_path, payload=s.model_dump_json())
+            yield Reject(
+                stage="filter",
+                record_id=s.id,
+                reason=verdict[0],
+                detail=verdict[1],
+                source_path=s.provenance.source_path,
+                payload=s.model_dump_json(),
+            )
         else:
             yield s

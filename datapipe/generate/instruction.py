@@ -75,14 +75,29 @@ class InstructionGenerator:
         self.answers = AnswerTask(answer_prompt)
 
     def config_hash(self) -> str:
-        return content_id(self.cfg.model_dump(mode="json"), self.teacher.identity,
-                          self.questions.prompt.hash, self.answers.prompt.hash, length=16)
+        return content_id(
+            self.cfg.model_dump(mode="json"),
+            self.teacher.identity,
+            self.questions.prompt.hash,
+            self.answers.prompt.hash,
+            length=16,
+        )
 
     def _call(self, step: str, prompt: Prompt, params_json: str, resp: TeacherResponse) -> TeacherCall:
         ident = self.teacher.identity
-        return TeacherCall(step=step, prompt_name=prompt.name, prompt_version=prompt.version, prompt_hash=prompt.hash,
-                           backend=ident["backend"], model=ident["model"], params=params_json, raw_output=resp.text,
-                           input_tokens=resp.input_tokens, output_tokens=resp.output_tokens, cached=resp.cached)
+        return TeacherCall(
+            step=step,
+            prompt_name=prompt.name,
+            prompt_version=prompt.version,
+            prompt_hash=prompt.hash,
+            backend=ident["backend"],
+            model=ident["model"],
+            params=params_json,
+            raw_output=resp.text,
+            input_tokens=resp.input_tokens,
+            output_tokens=resp.output_tokens,
+            cached=resp.cached,
+        )
 
     async def for_chunk(self, chunk: Chunk) -> tuple[list[Sample], list[Reject]]:
         row = {"context": chunk.text, "heading": chunk.heading}
@@ -93,8 +108,16 @@ class InstructionGenerator:
 
         def reject(reason: str, record_id: str, detail: str, raw_output: str = "", question: str | None = None) -> None:
             payload = json.dumps({"chunk_id": chunk.id, "question": question, "raw_output": raw_output})
-            rejects.append(Reject(stage="generate", record_id=record_id, reason=reason, detail=detail,
-                                  source_path=chunk.source_path, payload=payload))
+            rejects.append(
+                Reject(
+                    stage="generate",
+                    record_id=record_id,
+                    reason=reason,
+                    detail=detail,
+                    source_path=chunk.source_path,
+                    payload=payload,
+                )
+            )
 
         try:
             q_resp = await self.teacher.complete(self.questions.format_input(row), qparams)
@@ -109,8 +132,17 @@ class InstructionGenerator:
         q_call = self._call("questions", self.questions.prompt, q_json, q_resp)
 
         async def answer(i: int, question: str) -> Sample | None:
-            sample_id = content_id(chunk.id, "instruction", i, question, self.questions.prompt.hash,
-                                   self.answers.prompt.hash, self.teacher.identity, q_json, a_json)
+            sample_id = content_id(
+                chunk.id,
+                "instruction",
+                i,
+                question,
+                self.questions.prompt.hash,
+                self.answers.prompt.hash,
+                self.teacher.identity,
+                q_json,
+                a_json,
+            )
             arow = {**row, "question": question}
             try:
                 a_resp = await self.teacher.complete(self.answers.format_input(arow), aparams)
@@ -129,8 +161,13 @@ class InstructionGenerator:
                 response=text,
                 messages=[Message(role="user", content=question), Message(role="assistant", content=text)],
                 provenance=Provenance(
-                    source_path=chunk.source_path, document_id=chunk.document_id, chunk_id=chunk.id,
-                    char_start=chunk.char_start, char_end=chunk.char_end, pages=chunk.pages, heading=chunk.heading,
+                    source_path=chunk.source_path,
+                    document_id=chunk.document_id,
+                    chunk_id=chunk.id,
+                    char_start=chunk.char_start,
+                    char_end=chunk.char_end,
+                    pages=chunk.pages,
+                    heading=chunk.heading,
                     context=chunk.text,
                     teacher_calls=[q_call, self._call("answer", self.answers.prompt, a_json, a_resp)],
                 ),

@@ -42,7 +42,9 @@ class Prompt:
         try:
             messages = []
             if self.system:
-                messages.append({"role": "system", "content": _ENV.from_string(self.system).render(**variables).strip()})
+                messages.append(
+                    {"role": "system", "content": _ENV.from_string(self.system).render(**variables).strip()}
+                )
             messages.append({"role": "user", "content": _ENV.from_string(self.user).render(**variables).strip()})
             return messages
         except jinja2.UndefinedError as exc:
@@ -68,5 +70,11 @@ def load_prompt(name: str, version: str | None = None, prompts_dir: Path | None 
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ConfigError(f"prompt {path}: missing section(s) {', '.join(missing)}")
-    return Prompt(name=str(data["name"]), version=str(data["version"]), hash=hashlib.sha256(raw).hexdigest()[:16],
-                  system=data.get("system"), user=str(data["user"]), path=path)
+    return Prompt(
+        name=str(data["name"]),
+        version=str(data["version"]),
+        hash=hashlib.sha256(raw).hexdigest()[:16],
+        system=data.get("system"),
+        user=str(data["user"]),
+        path=path,
+    )

@@ -17,8 +17,12 @@ class RichProgress:
 
     def __init__(self, console: Console | None = None) -> None:
         self.progress = Progress(
-            TextColumn("[bold]{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console or Console(stderr=True), transient=False,
+            TextColumn("[bold]{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console or Console(stderr=True),
+            transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
 
@@ -55,8 +59,17 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
         if m is None:
             continue
         c = m["counts"]
-        stages.append({"stage": stage, "in": c["in"], "out": c["out"], "rejected": c.get("rejected", 0),
-                       "shards": c.get("shards"), "reused": c.get("shards_reused"), "seconds": m.get("seconds", 0.0)})
+        stages.append(
+            {
+                "stage": stage,
+                "in": c["in"],
+                "out": c["out"],
+                "rejected": c.get("rejected", 0),
+                "shards": c.get("shards"),
+                "reused": c.get("shards_reused"),
+                "seconds": m.get("seconds", 0.0),
+            }
+        )
         for reason, n in m.get("rejects_by_reason", {}).items():
             reasons[(stage, reason)] += n
         if "teacher" in m:
@@ -85,8 +98,12 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
         tt = Table(title=f"teacher {t.get('backend')}:{t.get('model')}", title_justify="left")
         for col in ("requests", "calls", "cache hits", "input tokens", "output tokens", "retries", "failures"):
             tt.add_column(col, justify="right")
-        tt.add_row(*(str(t.get(k, 0)) for k in ("requests", "calls", "cache_hits", "input_tokens", "output_tokens",
-                                                  "retries", "failures")))
+        tt.add_row(
+            *(
+                str(t.get(k, 0))
+                for k in ("requests", "calls", "cache_hits", "input_tokens", "output_tokens", "retries", "failures")
+            )
+        )
         parts.append(tt)
     if wall_seconds is not None:
         parts.append(f"wall time: {wall_seconds:.1f} s")

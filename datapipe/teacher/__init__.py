@@ -105,8 +105,11 @@ class LlamaCppBackend:
         self.path = cfg.model or default_gguf_path()
         if not Path(self.path).is_file():
             raise TerminalError(f"teacher.model: GGUF file {self.path} does not exist")
-        self.identity = {"backend": "llamacpp", "model": Path(self.path).name,
-                         "model_size": str(Path(self.path).stat().st_size)}
+        self.identity = {
+            "backend": "llamacpp",
+            "model": Path(self.path).name,
+            "model_size": str(Path(self.path).stat().st_size),
+        }
         self._llm: Any = None
 
     def _load(self) -> Any:
@@ -116,8 +119,9 @@ class LlamaCppBackend:
                 try:
                     from distilabel.models.llms import LlamaCppLLM
                 except ImportError:
-                    raise MissingDependencyError("distilabel with llama.cpp support",
-                                                 "pip install distilabel==1.5.3 llama-cpp-python") from None
+                    raise MissingDependencyError(
+                        "distilabel with llama.cpp support", "pip install distilabel==1.5.3 llama-cpp-python"
+                    ) from None
                 extra = {"n_threads": self.cfg.n_threads} if self.cfg.n_threads else {}
                 llm = LlamaCppLLM(model_path=self.path, n_ctx=self.cfg.n_ctx, verbose=False, extra_kwargs=extra)
                 llm.load()
@@ -130,13 +134,19 @@ class LlamaCppBackend:
     def _generate(self, messages: ChatMessages, params: GenerationParams) -> tuple[str, int, int]:
         with _LLAMA_LOCK:
             out = self._llm.generate(
-                inputs=[messages], num_generations=1, max_new_tokens=params.max_new_tokens,
-                temperature=params.temperature, top_p=params.top_p,
+                inputs=[messages],
+                num_generations=1,
+                max_new_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
                 extra_generation_kwargs={"seed": params.seed} if params.seed is not None else None,
             )[0]
         stats = out.get("statistics", {})
-        return (out["generations"][0] or "", int(sum(stats.get("input_tokens", [0]))),
-                int(sum(stats.get("output_tokens", [0]))))
+        return (
+            out["generations"][0] or "",
+            int(sum(stats.get("input_tokens", [0]))),
+            int(sum(stats.get("output_tokens", [0]))),
+        )
 
     async def agenerate(self, messages: ChatMessages, params: GenerationParams) -> tuple[str, int, int]:
         return await asyncio.to_thread(self._generate, messages, params)
@@ -169,11 +179,17 @@ class OpenAIBackend:
         try:
             from distilabel.models.llms import OpenAILLM
         except ImportError:
-            raise MissingDependencyError("distilabel with OpenAI support", "pip install distilabel==1.5.3 openai") from None
+            raise MissingDependencyError(
+                "distilabel with OpenAI support", "pip install distilabel==1.5.3 openai"
+            ) from None
         from pydantic import SecretStr
 
-        kwargs: dict[str, Any] = {"model": self.cfg.model, "api_key": SecretStr(self._api_key()), "max_retries": 0,
-                                  "timeout": int(self.cfg.timeout_s)}
+        kwargs: dict[str, Any] = {
+            "model": self.cfg.model,
+            "api_key": SecretStr(self._api_key()),
+            "max_retries": 0,
+            "timeout": int(self.cfg.timeout_s),
+        }
         if self.cfg.base_url:
             kwargs["base_url"] = self.cfg.base_url
         self._llm = OpenAILLM(**kwargs)
@@ -184,24 +200,37 @@ class OpenAIBackend:
 
         extra = {"seed": params.seed} if params.seed is not None else None
         try:
-            out = await self._llm.agenerate(input=messages, num_generations=1, max_new_tokens=params.max_new_tokens,
-                                            temperature=params.temperature, top_p=params.top_p, extra_body=extra)
+            out = await self._llm.agenerate(
+                input=messages,
+                num_generations=1,
+                max_new_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                extra_body=extra,
+            )
         except openai.APIStatusError as exc:
             status = exc.status_code
             if status == 429 or status >= 500 or status in (408, 409):
                 raise TransientError(f"HTTP {status}", retry_after=_retry_after(exc.response.headers)) from None
-            raise TerminalError(f"the teacher server refused the request: HTTP {status}"
-                                + (f" (check {self.cfg.api_key_env})" if status in (401, 403) else "")) from None
+            raise TerminalError(
+                f"the teacher server refused the request: HTTP {status}"
+                + (f" (check {self.cfg.api_key_env})" if status in (401, 403) else "")
+            ) from None
         except openai.APITimeoutError:
             raise TransientError("timeout") from None
         except openai.APIConnectionError as exc:
-            raise TransientError(f"connection error: {type(exc.__cause__).__name__ if exc.__cause__ else 'closed'}") from None
+            raise TransientError(
+                f"connection error: {type(exc.__cause__).__name__ if exc.__cause__ else 'closed'}"
+            ) from None
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
             raise TransientError(f"malformed response: {type(exc).__name__}") from None
         stats = out.get("statistics", {})
         text = out["generations"][0] if out.get("generations") else None
-        return (text or "", int(sum(stats.get("input_tokens", [0]) or [0])),
-                int(sum(stats.get("output_tokens", [0]) or [0])))
+        return (
+            text or "",
+            int(sum(stats.get("input_tokens", [0]) or [0])),
+            int(sum(stats.get("output_tokens", [0]) or [0])),
+        )
 
     async def close(self) -> None:
         client = getattr(self._llm, "_aclient", None)
@@ -284,8 +313,9 @@ class Teacher:
                     self.stats.calls += 1
                     try:
                         text, n_in, n_out = await asyncio.wait_for(
-                            self.backend.agenerate(messages, params), timeout=self.cfg.timeout_s)
-                    except asyncio.TimeoutError:
+                            self.backend.agenerate(messages, params), timeout=self.cfg.timeout_s
+                        )
+                    except TimeoutError:
                         raise TransientError("timeout") from None
                     finally:
                         self.stats.seconds_in_calls += time.perf_counter() - t0
@@ -294,13 +324,18 @@ class Teacher:
                 self.stats.faults[_fault_kind(str(exc))] += 1
                 if attempt >= self.cfg.max_retries:
                     self.stats.failures += 1
-                    raise TeacherError(f"teacher request failed after {attempt + 1} attempts: {exc}",
-                                       transient=True, attempts=attempt + 1) from None
+                    raise TeacherError(
+                        f"teacher request failed after {attempt + 1} attempts: {exc}",
+                        transient=True,
+                        attempts=attempt + 1,
+                    ) from None
                 if exc.retry_after is not None:
                     delay = min(exc.retry_after, max(self.cfg.backoff_max_s, 60.0))
                     self.stats.retry_after_waits.append(round(delay, 3))
                 else:
-                    delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2**attempt) * (0.5 + random.random() / 2)
+                    delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2**attempt) * (
+                        0.5 + random.random() / 2
+                    )
                 attempt += 1
                 self.stats.retries += 1
                 await asyncio.sleep(delay)

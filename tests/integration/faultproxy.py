@@ -40,18 +40,21 @@ class FaultProxy:
         fault = self.script.popleft() if self.script else "ok"
         self.arrivals.append((time.monotonic(), fault))
         if fault == "429":
-            return JSONResponse({"error": {"message": "rate limited"}}, status_code=429,
-                                headers={"Retry-After": str(self.retry_after)})
+            return JSONResponse(
+                {"error": {"message": "rate limited"}}, status_code=429, headers={"Retry-After": str(self.retry_after)}
+            )
         if fault in ("500", "502", "503", "401"):
             return JSONResponse({"error": {"message": f"injected {fault}"}}, status_code=int(fault))
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         async with httpx.AsyncClient(timeout=120) as client:
-            upstream = await client.request(request.method, f"{self.upstream}/v1/{request.path_params['path']}",
-                                            content=body, headers=headers)
+            upstream = await client.request(
+                request.method, f"{self.upstream}/v1/{request.path_params['path']}", content=body, headers=headers
+            )
         self.forwarded += 1
-        return Response(upstream.content, status_code=upstream.status_code,
-                        media_type=upstream.headers.get("content-type"))
+        return Response(
+            upstream.content, status_code=upstream.status_code, media_type=upstream.headers.get("content-type")
+        )
 
     def __enter__(self) -> FaultProxy:
         self.thread.start()

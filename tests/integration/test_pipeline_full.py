@@ -30,9 +30,13 @@ CHATML = (
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, corpus_docs: Path, bad_inputs: Path) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("full")
-    cfg = write_config(tmp / "pipeline.yaml", run_id="full", store=str(tmp / "runs"),
-                       sources=[str(corpus_docs), str(bad_inputs)],
-                       generate={**FAST_GENERATE, "max_chunks": 20})
+    cfg = write_config(
+        tmp / "pipeline.yaml",
+        run_id="full",
+        store=str(tmp / "runs"),
+        sources=[str(corpus_docs), str(bad_inputs)],
+        generate={**FAST_GENERATE, "max_chunks": 20},
+    )
     result = runner.invoke(app, ["run", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return {"cfg": cfg, "store": RunStore(tmp / "runs" / "full"), "output": result.output}
@@ -78,7 +82,7 @@ def test_every_chunk_and_sample_accounted_for(run: dict[str, object]) -> None:
             assert json.loads(r.payload)["raw_output"] is not None
 
 
-def test_samples_carry_provenance(run: dict[str, object], corpus_docs: Path) -> None:
+def test_samples_carry_provenance(run: dict[str, object], corpus_docs: Path, bad_inputs: Path) -> None:
     store: RunStore = run["store"]  # type: ignore[assignment]
     chunks = {c.id: c for c in store.iter_records("chunk", Chunk)}
     docs = {d.id: d for d in store.iter_records("extract", Document)}
@@ -88,7 +92,7 @@ def test_samples_carry_provenance(run: dict[str, object], corpus_docs: Path) -> 
         p = s.provenance
         chunk = chunks[p.chunk_id]
         assert p.context == chunk.text == docs[p.document_id].text[p.char_start : p.char_end]
-        assert Path(p.source_path).parent == corpus_docs
+        assert Path(p.source_path).parent in (corpus_docs, bad_inputs)
         assert [c.step for c in p.teacher_calls] == ["questions", "answer"]
         for call in p.teacher_calls:
             assert call.prompt_version == "v1" and len(call.prompt_hash) == 16
@@ -106,7 +110,9 @@ def test_chatml_export_loads_in_datasets_and_trl(run: dict[str, object]) -> None
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     kept = {s.id for s in store.iter_records("filter", Sample)}
     assert set(ds["id"]) == kept
-    assert ds.features["messages"][0]["role"].dtype == "string"
+    messages_feature = ds.features["messages"]
+    inner = messages_feature.feature if hasattr(messages_feature, "feature") else messages_feature[0]
+    assert inner["role"].dtype == "string" and inner["content"].dtype == "string"
     example = ds[0]
     assert is_conversational(example)
     assert [m["role"] for m in example["messages"]] == ["user", "assistant"]
@@ -128,14 +134,23 @@ def test_sft_trainer_accepts_the_export(run: dict[str, object], tmp_path: Path) 
     from datapipe.chunk import default_model_path
 
     store: RunStore = run["store"]  # type: ignore[assignment]
-    ds = datasets.load_dataset("parquet", data_files=str(store.root / "exports" / "chatml" / "train.parquet"),
-                               split="train")
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(store.root / "exports" / "chatml" / "train.parquet"), split="train"
+    )
     tok = AutoTokenizer.from_pretrained(default_model_path())
     tok.chat_template = CHATML
     tok.eos_token = tok.sep_token
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=1, n_head=2))
-    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, per_device_train_batch_size=2, report_to=[],
-                     max_length=256, use_cpu=True, save_strategy="no", logging_steps=1)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to=[],
+        max_length=256,
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     out = trainer.train()
     assert out.global_step == 1 and out.training_loss > 0

@@ -35,7 +35,9 @@ def config(tmp_path: Path, corpus_docs: Path, llama_server: LlamaServer) -> Path
         shutil.copy(corpus_docs / name, docs / name)
     return write_config(
         tmp_path / "pipeline.yaml",
-        run_id="oa", store="runs", sources=["docs"],
+        run_id="oa",
+        store="runs",
+        sources=["docs"],
         teacher={"backend": "openai", "model": "smollm2", "base_url": llama_server.base_url, "max_concurrency": 2},
         generate={**FAST_GENERATE, "max_chunks": 4},
     )
@@ -80,15 +82,19 @@ def test_stages_alone_then_rerun_makes_zero_teacher_calls(config: Path, llama_se
 def test_failed_late_stage_is_retried_alone(config: Path, llama_server: LlamaServer) -> None:
     run_dir = config.parent / "runs" / "oa"
     _invoke("run", str(config))
-    before = {s: (run_dir / d / "manifest.json").stat().st_mtime_ns
-              for s, d in [("extract", "documents"), ("chunk", "chunks"), ("generate", "samples")]}
+    before = {
+        s: (run_dir / d / "manifest.json").stat().st_mtime_ns
+        for s, d in [("extract", "documents"), ("chunk", "chunks"), ("generate", "samples")]
+    }
     kept = _ids(run_dir / "exports" / "chatml" / "train.parquet")
     shutil.rmtree(run_dir / "filtered")
     shutil.rmtree(run_dir / "exports")
     _invoke("filter", str(run_dir))
     _invoke("export", str(run_dir))
-    after = {s: (run_dir / d / "manifest.json").stat().st_mtime_ns
-             for s, d in [("extract", "documents"), ("chunk", "chunks"), ("generate", "samples")]}
+    after = {
+        s: (run_dir / d / "manifest.json").stat().st_mtime_ns
+        for s, d in [("extract", "documents"), ("chunk", "chunks"), ("generate", "samples")]
+    }
     assert after == before
     assert _ids(run_dir / "exports" / "chatml" / "train.parquet") == kept
 
@@ -99,10 +105,19 @@ def test_unreachable_teacher_gives_rejects_not_a_crash(tmp_path: Path, corpus_do
     docs = tmp_path / "docs"
     docs.mkdir()
     shutil.copy(corpus_docs / "ideas-page.html", docs / "ideas-page.html")
-    cfg = write_config(tmp_path / "p.yaml", run_id="down", sources=["docs"],
-                       teacher={"backend": "openai", "model": "m", "base_url": f"http://127.0.0.1:{free_port()}/v1",
-                                "max_retries": 1, "backoff_base_s": 0.01},
-                       generate={**FAST_GENERATE, "max_chunks": 1})
+    cfg = write_config(
+        tmp_path / "p.yaml",
+        run_id="down",
+        sources=["docs"],
+        teacher={
+            "backend": "openai",
+            "model": "m",
+            "base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "max_retries": 1,
+            "backoff_base_s": 0.01,
+        },
+        generate={**FAST_GENERATE, "max_chunks": 1},
+    )
     _invoke("extract", str(cfg))
     _invoke("chunk", str(cfg))
     out = _invoke("generate", str(cfg))

@@ -52,13 +52,14 @@ def test_embedded_llamacpp_backend(tmp_path: Path) -> None:
 
 
 def test_retries_honour_retry_after(llama_server: LlamaServer) -> None:
-    with FaultProxy(llama_server.base_url.removesuffix("/v1"), free_port(), ["429", "429", "503"],
-                    retry_after=1.0) as proxy:
+    with FaultProxy(
+        llama_server.base_url.removesuffix("/v1"), free_port(), ["429", "429", "503"], retry_after=1.0
+    ) as proxy:
         teacher = Teacher(_openai(proxy.base_url, cache=False, backoff_base_s=0.05))
         out = _complete(teacher)
     assert out.text.strip()
     assert [f for _, f in proxy.arrivals] == ["429", "429", "503", "ok"]
-    gaps = [b[0] - a[0] for a, b in zip(proxy.arrivals, proxy.arrivals[1:])]
+    gaps = [b[0] - a[0] for a, b in zip(proxy.arrivals, proxy.arrivals[1:], strict=False)]
     assert gaps[0] >= 0.95 and gaps[1] >= 0.95  # waited as Retry-After said
     assert gaps[2] < 0.95  # no Retry-After on the 503: short exponential backoff
     assert teacher.stats.retries == 3 and teacher.stats.faults == {"HTTP 429": 2, "HTTP 503": 1}
@@ -74,8 +75,7 @@ def test_retries_exhausted_is_a_teacher_error(llama_server: LlamaServer) -> None
     assert proxy.forwarded == 0
 
 
-def test_refused_key_is_terminal_and_never_printed(llama_server: LlamaServer,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refused_key_is_terminal_and_never_printed(llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "sk-live-DO-NOT-PRINT-42"
     monkeypatch.setenv("TEACHER_KEY", secret)
     with FaultProxy(llama_server.base_url.removesuffix("/v1"), free_port(), ["401"]) as proxy:
@@ -106,8 +106,9 @@ def test_concurrency_is_bounded(llama_server: LlamaServer) -> None:
 
     async def go() -> None:
         async with teacher.session():
-            await asyncio.gather(*(teacher.complete([{"role": "user", "content": f"Count to {i}."}], PARAMS)
-                                   for i in range(6)))
+            await asyncio.gather(
+                *(teacher.complete([{"role": "user", "content": f"Count to {i}."}], PARAMS) for i in range(6))
+            )
 
     asyncio.run(go())
     assert peak == 2 and teacher.stats.calls == 6

@@ -59,8 +59,14 @@ def test_semantic_breakpoints_split_unrelated_topics() -> None:
     text = football.strip() + " " + cooking.strip()
     from datapipe.records import Span
 
-    doc = Document(id="t", source_path="t.txt", format="txt", text=text, spans=[Span(start=0, end=len(text))],
-                   bytes_sha256="0" * 64)
+    doc = Document(
+        id="t",
+        source_path="t.txt",
+        format="txt",
+        text=text,
+        spans=[Span(start=0, end=len(text))],
+        bytes_sha256="0" * 64,
+    )
     chunks = SemanticChunker(ChunkConfig(min_tokens=8, max_tokens=512, breakpoint_percentile=10)).chunk(doc)
     assert len(chunks) >= 2
     boundary = len(football.strip())

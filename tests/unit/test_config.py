@@ -54,8 +54,9 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
 def test_snapshot_keeps_env_var_name_not_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "sk-test-SECRET-0123456789"
     monkeypatch.setenv("MY_TEACHER_KEY", secret)
-    cfg = load_config(_write(tmp_path, "sources: [docs]\nteacher:\n  backend: openai\n  model: m\n"
-                                       "  api_key_env: MY_TEACHER_KEY\n"))
+    cfg = load_config(
+        _write(tmp_path, "sources: [docs]\nteacher:\n  backend: openai\n  model: m\n  api_key_env: MY_TEACHER_KEY\n")
+    )
     snap = snapshot_config(cfg)
     text = snap.read_text()
     assert "MY_TEACHER_KEY" in text and secret not in text

@@ -113,7 +113,10 @@ def test_resolve_sources_folders_globs_and_unsupported(tmp_path: Path) -> None:
         z.writestr("x", "y")
     files, rejects = resolve_sources(["a", "*.md"], tmp_path, CFG.extensions)
     assert [f.path.name for f in files] == ["z.docx", "x.txt", "b.md"] or sorted(f.path.name for f in files) == [
-        "b.md", "x.txt", "z.docx"]
+        "b.md",
+        "x.txt",
+        "z.docx",
+    ]
     assert [(Path(r.record_id).name, r.reason) for r in rejects] == [("y.csv", "unsupported_format")]
 
 

@@ -42,8 +42,7 @@ def test_prompt_versions_and_hash(tmp_path: Path) -> None:
     [
         pytest.param("1. What is X?\n2. Who made Y?", ["What is X?", "Who made Y?"], id="numbered"),
         pytest.param("- Where is Carrow Road? It is in Norwich.", ["Where is Carrow Road?"], id="bullet-with-tail"),
-        pytest.param("Question 1: When was it founded?\nWhen was it founded?", ["When was it founded?"],
-                     id="dedup"),
+        pytest.param("Question 1: When was it founded?\nWhen was it founded?", ["When was it founded?"], id="dedup"),
     ],
 )
 def test_question_parsing(text: str, questions: list[str]) -> None:
@@ -65,10 +64,23 @@ def test_answer_parsing() -> None:
 
 
 def _sample(i: int, instruction: str, response: str) -> Sample:
-    return Sample(id=f"s{i}", kind="instruction", instruction=instruction, response=response,
-                  messages=[Message(role="user", content=instruction), Message(role="assistant", content=response)],
-                  provenance=Provenance(source_path="x.txt", document_id="d", chunk_id="c", char_start=0,
-                                        char_end=1, pages=[], context="ctx", teacher_calls=[]))
+    return Sample(
+        id=f"s{i}",
+        kind="instruction",
+        instruction=instruction,
+        response=response,
+        messages=[Message(role="user", content=instruction), Message(role="assistant", content=response)],
+        provenance=Provenance(
+            source_path="x.txt",
+            document_id="d",
+            chunk_id="c",
+            char_start=0,
+            char_end=1,
+            pages=[],
+            context="ctx",
+            teacher_calls=[],
+        ),
+    )
 
 
 def test_filters_keep_good_and_reject_with_reasons() -> None:
@@ -87,8 +99,15 @@ def test_filters_keep_good_and_reject_with_reasons() -> None:
     kept = [s.id for s in out if isinstance(s, Sample)]
     reasons = {r.record_id: r.reason for r in out if isinstance(r, Reject)}
     assert kept == ["s0"]
-    assert reasons == {"s1": "empty_response", "s2": "refusal", "s3": "too_short", "s4": "too_short",
-                       "s5": "repetitive", "s6": "too_long", "s7": "duplicate_of:s0"}
+    assert reasons == {
+        "s1": "empty_response",
+        "s2": "refusal",
+        "s3": "too_short",
+        "s4": "too_short",
+        "s5": "repetitive",
+        "s6": "too_long",
+        "s7": "duplicate_of:s0",
+    }
     assert len(out) == len(samples)
     rej = next(r for r in out if isinstance(r, Reject) and r.record_id == "s2")
     assert Sample.model_validate_json(rej.payload).response.startswith("As an AI")
