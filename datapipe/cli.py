@@ -37,6 +37,15 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+
+def _taxonomy_app() -> typer.Typer:
+    from datapipe.taxonomy.cli import taxonomy_app
+
+    return taxonomy_app
+
+
+app.add_typer(_taxonomy_app(), name="taxonomy", help="Validate and show InstructLab taxonomies (qna.yaml trees).")
+
 Target = Annotated[str, typer.Argument(help="pipeline.yaml, or a run folder (runs/<run_id>)")]
 
 

@@ -82,8 +82,19 @@ class TeacherConfig(_Strict):
         return self
 
 
+class QAConfig(_Strict):
+    """Taxonomy QA generation (kind ``qa``)."""
+
+    samples_per_leaf: int = Field(4, ge=1, description="QA samples to generate per taxonomy leaf")
+    pairs_per_chunk: int = Field(1, ge=1, le=10, description="knowledge leaves: pairs asked per chunk")
+    few_shot: int = Field(1, ge=0, le=5, description="seed examples shown in each prompt")
+    knowledge_prompt: str = "knowledge_qa"
+    skill_prompt: str = "skill_qa"
+    params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.7)
+
+
 class GenerateConfig(_Strict):
-    kinds: list[Literal["instruction"]] = ["instruction"]
+    kinds: list[Literal["instruction", "qa"]] = ["instruction"]
     questions_per_chunk: int = Field(2, ge=1, le=20)
     max_chunks: int | None = Field(None, ge=1, description="cap on chunks sent to the teacher (for quick runs)")
     question_prompt: str = "instruction_questions"
@@ -91,6 +102,25 @@ class GenerateConfig(_Strict):
     prompt_version: str | None = Field(None, description="pin a prompt version like 'v1'; default: the newest")
     question_params: GenerationParams = GenerationParams(max_new_tokens=96, temperature=0.7)
     answer_params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.3)
+    qa: QAConfig = QAConfig()
+
+
+class TaxonomyConfig(_Strict):
+    root: str = Field("taxonomies", description="an InstructLab-layout tree of qna.yaml files")
+    repo_map: dict[str, str] = Field(
+        {}, description="knowledge document repo URL -> local clone, mirror or git bundle (no network is used)"
+    )
+    leaves: list[str] | None = Field(None, description="only leaves whose taxonomy path starts with one of these")
+
+
+class JudgeConfig(_Strict):
+    """LLM judge for QA pairs: faithfulness to the context and question quality, each 1-5."""
+
+    kinds: list[Literal["instruction", "qa"]] = Field(["qa"], description="sample kinds the judge scores")
+    prompt: str = "qa_judge"
+    min_faithfulness: float = Field(3.0, ge=1, le=5)
+    min_quality: float = Field(3.0, ge=1, le=5)
+    params: GenerationParams = GenerationParams(max_new_tokens=24, temperature=0.0)
 
 
 class FilterConfig(_Strict):
@@ -105,6 +135,7 @@ class FilterConfig(_Strict):
         r"\blanguage model\b",
     ]
     dedup_exact: bool = True
+    judge: JudgeConfig = JudgeConfig()
 
 
 class ExportConfig(_Strict):
@@ -116,16 +147,23 @@ class ExportConfig(_Strict):
 class PipelineConfig(_Strict):
     run_id: str | None = Field(None, description="default: the config file's stem")
     store: str = Field("runs", description="run store root; relative paths resolve against the config file")
-    sources: list[str] = Field(min_length=1, description="files, folders or globs")
+    sources: list[str] = Field([], description="files, folders or globs")
     prompts_dir: str | None = Field(None, description="default: the prompts/ folder shipped with datapipe")
     extract: ExtractConfig = ExtractConfig()
     chunk: ChunkConfig = ChunkConfig()
     teacher: TeacherConfig = TeacherConfig()
     generate: GenerateConfig = GenerateConfig()
+    taxonomy: TaxonomyConfig = TaxonomyConfig()
     filter: FilterConfig = FilterConfig()
     export: ExportConfig = ExportConfig()
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
+
+    @model_validator(mode="after")
+    def _has_inputs(self) -> PipelineConfig:
+        if not self.sources and "qa" not in self.generate.kinds:
+            raise ValueError("sources: list at least one file, folder or glob (or enable generate.kinds: [qa])")
+        return self
 
     def resolve(self, p: str) -> Path:
         path = Path(os.path.expandvars(os.path.expanduser(p)))

@@ -56,16 +56,20 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
     store = store_for(cfg)
     cfg_hash = cfg.section_hash("extract")
     rec = StageRecorder(store, "extract", cfg_hash)
-    sources, source_rejects = resolve_sources(cfg.sources, cfg.base_dir, cfg.extract.extensions)
+    sources, source_rejects = (
+        resolve_sources(cfg.sources, cfg.base_dir, cfg.extract.extensions) if cfg.sources else ([], [])
+    )
+    if "qa" in cfg.generate.kinds:
+        sources += taxonomy_sources(cfg)
     progress.start("extract", len(sources))
     if source_rejects:
         key = "sources-" + content_id([r.record_id for r in source_rejects], cfg_hash, length=16)
         store.write_shard("extract", key, Document.to_table([]), source_rejects)
         rec.add(key, [r.record_id for r in source_rejects], len(source_rejects), 0, len(source_rejects), 0.0, False)
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str | None], str] = {}
     for src in sources:
         t0 = time.perf_counter()
-        key = content_id(str(src.path), _file_digest(src.path), cfg_hash)
+        key = content_id(str(src.path), _file_digest(src.path), cfg_hash, src.taxonomy_path)
         reused = store.has_shard("extract", key)
         if reused:
             docs = store.read_shard("extract", key, Document)
@@ -76,7 +80,7 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
             rejects = [out] if isinstance(out, Reject) else []
             store.write_shard("extract", key, Document.to_table(docs), rejects)
             n_rej = len(rejects)
-        if docs and docs[0].id in seen:
+        if docs and (docs[0].id, src.taxonomy_path) in seen:
             dup_key = f"dup-{key}"
             if not store.has_shard("extract", dup_key):
                 store.write_shard(
@@ -88,7 +92,7 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
                             stage="extract",
                             record_id=docs[0].id,
                             reason=f"duplicate_of:{docs[0].id}",
-                            detail=f"same bytes as {seen[docs[0].id]}",
+                            detail=f"same bytes as {seen[(docs[0].id, src.taxonomy_path)]}",
                             source_path=str(src.path),
                         )
                     ],
@@ -96,11 +100,42 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
             rec.add(dup_key, [str(src.path)], 1, 0, 1, time.perf_counter() - t0, reused)
         else:
             if docs:
-                seen[docs[0].id] = str(src.path)
+                seen[(docs[0].id, src.taxonomy_path)] = str(src.path)
             rec.add(key, [str(src.path)], 1, len(docs), n_rej, time.perf_counter() - t0, reused)
         progress.advance("extract")
     progress.done("extract")
     return rec.finish()
+
+
+def load_leaves(cfg: PipelineConfig) -> list[Any]:
+    """The taxonomy leaves this pipeline generates QA data for (all, or those under ``taxonomy.leaves``)."""
+    from datapipe.taxonomy.loader import iter_leaves
+
+    root = cfg.resolve(cfg.taxonomy.root)
+    if not root.is_dir():
+        from datapipe.errors import ConfigError
+
+        raise ConfigError(f"taxonomy.root: {root} is not a folder; point it at an InstructLab-layout taxonomy")
+    prefixes = cfg.taxonomy.leaves
+    return [
+        leaf
+        for leaf in iter_leaves(root)
+        if prefixes is None or any(leaf.taxonomy_path.startswith(p.strip("/")) for p in prefixes)
+    ]
+
+
+def taxonomy_sources(cfg: PipelineConfig) -> list[Any]:
+    """The documents of the knowledge leaves, resolved at their pinned commits (local clones only)."""
+    from datapipe.extract import SourceFile
+    from datapipe.taxonomy.documents import resolve_documents
+
+    repo_map = {url: cfg.resolve(path) for url, path in cfg.taxonomy.repo_map.items()}
+    cache_dir = cfg.resolve(cfg.store) / ".cache" / "taxonomy-repos"
+    out = []
+    for leaf in load_leaves(cfg):
+        if leaf.is_knowledge:
+            out += [SourceFile(p, leaf.taxonomy_path) for p in resolve_documents(leaf, repo_map, cache_dir)]
+    return out
 
 
 def run_chunk(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -158,72 +193,136 @@ def build_teacher(cfg: PipelineConfig) -> Any:
 def run_generate(cfg: PipelineConfig, progress: Progress | None = None, teacher: Any = None) -> dict[str, Any]:
     from datapipe.generate.instruction import InstructionGenerator
     from datapipe.generate.prompts import load_prompt
+    from datapipe.generate.qa import QAGenerator
 
     progress = progress or NullProgress()
     store = store_for(cfg)
     prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
     gen_cfg = cfg.generate
-    qp = load_prompt(gen_cfg.question_prompt, gen_cfg.prompt_version, prompts_dir)
-    ap = load_prompt(gen_cfg.answer_prompt, gen_cfg.prompt_version, prompts_dir)
     teacher = teacher or build_teacher(cfg)
-    generator = InstructionGenerator(gen_cfg, teacher, qp, ap)
-    cfg_hash = generator.config_hash()
-    rec = StageRecorder(store, "generate", cfg_hash)
-    shards = [(k, store.read_shard("chunk", k, Chunk)) for k in store.current_keys("chunk")]
-    selected = select_chunks(shards, gen_cfg.max_chunks)
-    progress.start("generate", sum(len(c) for _, c in shards))
+    all_shards = [(k, store.read_shard("chunk", k, Chunk)) for k in store.current_keys("chunk")]
+    # plain sources feed instruction data; documents of taxonomy leaves feed their leaf's QA data
+    plain = [(k, cs) for k, cs in all_shards if not cs or cs[0].taxonomy_path is None]
+    jobs: list[tuple[str, list[str], int, Any]] = []  # (shard key, inputs, records in, coroutine factory)
 
-    async def one_shard(in_key: str, chunks: list[Chunk]) -> None:
+    hashes = []
+    if "instruction" in gen_cfg.kinds:
+        qp = load_prompt(gen_cfg.question_prompt, gen_cfg.prompt_version, prompts_dir)
+        ap = load_prompt(gen_cfg.answer_prompt, gen_cfg.prompt_version, prompts_dir)
+        instr = InstructionGenerator(gen_cfg, teacher, qp, ap)
+        ihash = instr.config_hash()
+        hashes.append(ihash)
+        selected = select_chunks(plain, gen_cfg.max_chunks)
+        for in_key, chunks in plain:
+            chosen = [c for c in chunks if c.id in selected]
+            key = content_id(in_key, ihash, sorted(c.id for c in chosen))
+
+            async def instruction_job(
+                chunks: list[Chunk] = chunks, chosen: list[Chunk] = chosen
+            ) -> tuple[list[Sample], list[Reject]]:
+                samples: list[Sample] = []
+                rejects = [
+                    Reject(
+                        stage="generate",
+                        record_id=c.id,
+                        reason="over_max_chunks",
+                        source_path=c.source_path,
+                        detail=f"generate.max_chunks={gen_cfg.max_chunks} chunks were sent to the teacher",
+                    )
+                    for c in chunks
+                    if c.id not in selected
+                ]
+                progress.advance("generate", len(chunks) - len(chosen))
+
+                async def per_chunk(c: Chunk) -> tuple[list[Sample], list[Reject]]:
+                    out = await instr.for_chunk(c)
+                    progress.advance("generate")
+                    return out
+
+                for s_, r_ in await asyncio.gather(*(per_chunk(c) for c in chosen)):
+                    samples.extend(s_)
+                    rejects.extend(r_)
+                return samples, rejects
+
+            jobs.append((key, [in_key], len(chunks), instruction_job))
+
+    if "qa" in gen_cfg.kinds:
+        kp = load_prompt(gen_cfg.qa.knowledge_prompt, gen_cfg.prompt_version, prompts_dir)
+        sp = load_prompt(gen_cfg.qa.skill_prompt, gen_cfg.prompt_version, prompts_dir)
+        qa = QAGenerator(gen_cfg.qa, teacher, kp, sp)
+        qhash = qa.config_hash()
+        hashes.append(qhash)
+        for leaf in load_leaves(cfg):
+            leaf_digest = hashlib.sha256(leaf.path.read_bytes()).hexdigest()
+            if leaf.is_knowledge:
+                mine = [(k, cs) for k, cs in all_shards if cs and cs[0].taxonomy_path == leaf.taxonomy_path]
+                chunks = [c for _, cs in mine for c in cs]
+                key = content_id("qa", leaf.taxonomy_path, leaf_digest, [k for k, _ in mine], qhash)
+
+                async def knowledge_job(
+                    leaf: Any = leaf, chunks: list[Chunk] = chunks
+                ) -> tuple[list[Sample], list[Reject]]:
+                    out = await qa.for_knowledge(leaf, chunks)
+                    progress.advance("generate", len(chunks))
+                    return out
+
+                jobs.append((key, [leaf.taxonomy_path] + [k for k, _ in mine], len(chunks), knowledge_job))
+            else:
+                key = content_id("qa", leaf.taxonomy_path, leaf_digest, qhash)
+
+                async def skill_job(leaf: Any = leaf) -> tuple[list[Sample], list[Reject]]:
+                    out = await qa.for_skill(leaf)
+                    progress.advance("generate")
+                    return out
+
+                jobs.append((key, [leaf.taxonomy_path], 1, skill_job))
+
+    rec = StageRecorder(store, "generate", content_id(hashes, length=16))
+    progress.start("generate", sum(n for _, _, n, _ in jobs))
+    results: dict[str, tuple[list[str], int, int, int, int, float, bool]] = {}
+
+    async def one_job(key: str, inputs: list[str], n_in: int, job: Any) -> None:
         t0 = time.perf_counter()
-        chosen = [c for c in chunks if c.id in selected]
-        key = content_id(in_key, cfg_hash, sorted(c.id for c in chosen))
         reused = store.has_shard("generate", key)
         if reused:
             n_out = len(store.read_shard("generate", key, Sample))
             n_rej = len(store.read_shard_rejects("generate", key))
-            progress.advance("generate", len(chunks))
+            progress.advance("generate", n_in)
         else:
-            samples: list[Sample] = []
-            rejects = [
-                Reject(
-                    stage="generate",
-                    record_id=c.id,
-                    reason="over_max_chunks",
-                    source_path=c.source_path,
-                    detail=f"generate.max_chunks={gen_cfg.max_chunks} chunks were sent to the teacher",
-                )
-                for c in chunks
-                if c.id not in selected
-            ]
-            progress.advance("generate", len(chunks) - len(chosen))
-
-            async def per_chunk(c: Chunk) -> tuple[list[Sample], list[Reject]]:
-                out = await generator.for_chunk(c)
-                progress.advance("generate")
-                return out
-
-            for s, r in await asyncio.gather(*(per_chunk(c) for c in chosen)):
-                samples.extend(s)
-                rejects.extend(r)
+            samples, rejects = await job()
             store.write_shard("generate", key, Sample.to_table(samples), rejects)
             n_out, n_rej = len(samples), len(rejects)
-        rec.add(key, [in_key], len(chunks), n_out, n_rej, time.perf_counter() - t0, reused)
+        results[key] = (inputs, n_in, n_out, n_rej, 0, time.perf_counter() - t0, reused)
 
     async def main() -> None:
         async with teacher.session():
             limit = asyncio.Semaphore(max(2, teacher.concurrency))
 
-            async def bounded(k: str, cs: list[Chunk]) -> None:
+            async def bounded(*args: Any) -> None:
                 async with limit:
-                    await one_shard(k, cs)
+                    await one_job(*args)
 
-            await asyncio.gather(*(bounded(k, cs) for k, cs in shards))
+            await asyncio.gather(*(bounded(*j) for j in jobs))
 
     asyncio.run(main())
-    rec.shards.sort(key=lambda s: [k for k, _ in shards].index(s["inputs"][0]))
+    for key, _, _, _ in jobs:
+        inputs, n_in, n_out, n_rej, _, seconds, reused = results[key]
+        rec.add(key, inputs, n_in, n_out, n_rej, seconds, reused)
     rec.extra["teacher"] = {**teacher.identity, **teacher.stats.as_dict()}
     progress.done("generate")
     return rec.finish()
+
+
+def _build_judge(cfg: PipelineConfig, samples: list[Sample]) -> Any:
+    """The QA judge when enabled and some sample is of a judged kind, else None."""
+    from datapipe.filter.judge import QAJudge
+    from datapipe.generate.prompts import load_prompt
+
+    judge_cfg = cfg.filter.judge
+    if not judge_cfg.kinds or not any(s.kind in judge_cfg.kinds for s in samples):
+        return None
+    prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
+    return QAJudge(judge_cfg, build_teacher(cfg), load_prompt(judge_cfg.prompt, None, prompts_dir))
 
 
 def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -232,25 +331,37 @@ def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[st
     progress = progress or NullProgress()
     store = store_for(cfg)
     in_keys = store.current_keys("generate")
-    cfg_hash = cfg.section_hash("filter")
+    samples = list(store.iter_records("generate", Sample))
+    judge = _build_judge(cfg, samples)
+    judge_key = [judge.teacher.identity, judge.prompt.hash] if judge else None
+    cfg_hash = content_id(cfg.section_hash("filter"), judge_key, length=16)
     rec = StageRecorder(store, "filter", cfg_hash)
     key = content_id(in_keys, cfg_hash)
     t0 = time.perf_counter()
     reused = store.has_shard("filter", key)
-    samples = list(store.iter_records("generate", Sample))
     progress.start("filter", len(samples))
     if reused:
         n_out = len(store.read_shard("filter", key, Sample))
         n_rej = len(store.read_shard_rejects("filter", key))
+        progress.advance("filter", len(samples))
     else:
         kept: list[Sample] = []
         rejects: list[Reject] = []
         for out in filter_samples(samples, cfg.filter):
-            (kept if isinstance(out, Sample) else rejects).append(out)  # type: ignore[arg-type]
-            progress.advance("filter")
+            if isinstance(out, Sample):
+                kept.append(out)
+            else:
+                rejects.append(out)
+                progress.advance("filter")
+        if judge is not None:
+            judged = judge.run(kept, on_done=lambda: progress.advance("filter"))
+            kept = [s for s in judged if isinstance(s, Sample)]
+            rejects.extend(r for r in judged if isinstance(r, Reject))
+            rec.extra["teacher"] = {**judge.teacher.identity, **judge.teacher.stats.as_dict(), "step": "judge"}
+        else:
+            progress.advance("filter", len(kept))
         store.write_shard("filter", key, Sample.to_table(kept), rejects)
         n_out, n_rej = len(kept), len(rejects)
-    progress.advance("filter", len(samples) if reused else 0)
     rec.add(key, in_keys, len(samples), n_out, n_rej, time.perf_counter() - t0, reused)
     progress.done("filter")
     return rec.finish()

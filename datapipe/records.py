@@ -70,6 +70,7 @@ class Document(Record):
     spans: list[Span]
     n_pages: int | None = None
     bytes_sha256: str
+    taxonomy_path: str | None = None
 
     schema_ = pa.schema(
         [
@@ -80,6 +81,7 @@ class Document(Record):
             ("spans", pa.list_(_SPAN)),
             ("n_pages", pa.int32()),
             ("bytes_sha256", pa.string()),
+            ("taxonomy_path", pa.string()),
         ]
     )
 
@@ -98,6 +100,7 @@ class Chunk(Record):
     heading: str | None = None
     n_tokens: int
     n_sentences: int
+    taxonomy_path: str | None = None
 
     schema_ = pa.schema(
         [
@@ -112,6 +115,7 @@ class Chunk(Record):
             ("heading", pa.string()),
             ("n_tokens", pa.int32()),
             ("n_sentences", pa.int32()),
+            ("taxonomy_path", pa.string()),
         ]
     )
 
@@ -169,6 +173,7 @@ class Provenance(BaseModel):
     pages: list[int]
     heading: str | None = None
     taxonomy_path: str | None = None
+    leaf_kind: str | None = None
     context: str
     teacher_calls: list[TeacherCall]
 
@@ -183,6 +188,7 @@ _PROVENANCE = pa.struct(
         ("pages", pa.list_(pa.int32())),
         ("heading", pa.string()),
         ("taxonomy_path", pa.string()),
+        ("leaf_kind", pa.string()),
         ("context", pa.string()),
         ("teacher_calls", pa.list_(_TEACHER_CALL)),
     ]
@@ -193,12 +199,13 @@ class Sample(Record):
     """One training example with everything needed to trace it back to its source."""
 
     id: str
-    kind: Literal["instruction"]
+    kind: Literal["instruction", "qa"]
     instruction: str
     response: str
     messages: list[Message]
     provenance: Provenance
     verdicts: dict[str, str] = {}
+    scores: dict[str, float] = {}
 
     schema_ = pa.schema(
         [
@@ -209,6 +216,7 @@ class Sample(Record):
             ("messages", pa.list_(_MESSAGE)),
             ("provenance", _PROVENANCE),
             ("verdicts", pa.map_(pa.string(), pa.string())),
+            ("scores", pa.map_(pa.string(), pa.float64())),
         ]
     )
 
@@ -218,6 +226,7 @@ class Sample(Record):
         for r in records:
             row = r.model_dump(mode="json")
             row["verdicts"] = list(row["verdicts"].items())
+            row["scores"] = list(row["scores"].items())
             rows.append(row)
         return pa.Table.from_pylist(rows, schema=cls.schema_)
 
@@ -226,6 +235,7 @@ class Sample(Record):
         out = []
         for row in table.to_pylist():
             row["verdicts"] = dict(row["verdicts"] or [])
+            row["scores"] = dict(row["scores"] or [])
             out.append(cls.model_validate(row))
         return out
 

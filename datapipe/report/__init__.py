@@ -53,7 +53,7 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
     """Figures for the summary, read back from the run's manifests (so any run can be summarised)."""
     stages = []
     reasons: Counter[tuple[str, str]] = Counter()
-    teacher: dict[str, Any] = {}
+    teacher: list[tuple[str, dict[str, Any]]] = []
     for stage in STAGES:
         m = store.read_manifest(stage)
         if m is None:
@@ -73,7 +73,7 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
         for reason, n in m.get("rejects_by_reason", {}).items():
             reasons[(stage, reason)] += n
         if "teacher" in m:
-            teacher = m["teacher"]
+            teacher.append((stage, m["teacher"]))
     return {"run": str(store.root), "stages": stages, "rejects": reasons, "teacher": teacher}
 
 
@@ -93,17 +93,17 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
         for (stage, reason), n in sorted(summary["rejects"].items()):
             rej.add_row(stage, reason, str(n))
         parts.append(rej)
-    t = summary["teacher"]
-    if t:
-        tt = Table(title=f"teacher {t.get('backend')}:{t.get('model')}", title_justify="left")
-        for col in ("requests", "calls", "cache hits", "input tokens", "output tokens", "retries", "failures"):
-            tt.add_column(col, justify="right")
-        tt.add_row(
-            *(
-                str(t.get(k, 0))
-                for k in ("requests", "calls", "cache_hits", "input_tokens", "output_tokens", "retries", "failures")
-            )
-        )
+    if summary["teacher"]:
+        first = summary["teacher"][0][1]
+        tt = Table(title=f"teacher {first.get('backend')}:{first.get('model')}", title_justify="left")
+        cols = ("requests", "calls", "cache_hits", "input_tokens", "output_tokens", "retries", "failures")
+        tt.add_column("stage")
+        for col in cols:
+            tt.add_column(col.replace("_", " "), justify="right")
+        for stage, t in summary["teacher"]:
+            tt.add_row(stage, *(str(t.get(k, 0)) for k in cols))
+        if len(summary["teacher"]) > 1:
+            tt.add_row("total", *(str(sum(t.get(k, 0) for _, t in summary["teacher"])) for k in cols))
         parts.append(tt)
     if wall_seconds is not None:
         parts.append(f"wall time: {wall_seconds:.1f} s")

@@ -78,7 +78,7 @@ EXAMPLES: list[Record] = [
 ]
 
 
-@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: f"{type(r).__name__}-{getattr(r, 'id', '')}")
 def test_parquet_round_trip(record: Record, tmp_path: Path) -> None:
     cls = type(record)
     path = tmp_path / "t.parquet"

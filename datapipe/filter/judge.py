@@ -1,0 +1,124 @@
+"""LLM-as-judge for question/answer pairs: faithfulness to the context and question quality.
+
+Scores (1-5) land in ``sample.scores`` and the judge's call in the sample's provenance.
+Below-threshold pairs become ``low_faithfulness`` / ``low_quality`` rejects; a judge
+reply that does not parse is a ``judge_parse_error`` reject with the raw text kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+
+from datapipe.config import JudgeConfig
+from datapipe.errors import TeacherError
+from datapipe.generate.prompts import Prompt
+from datapipe.records import Reject, Sample, TeacherCall
+from datapipe.teacher import Teacher
+
+_SCORE = {
+    # a score, not the "1-5" of the instructions echoed back
+    "faithfulness": re.compile(r"faithful(?:ness)?\W{0,5}(\d(?:\.\d+)?)(?!\s*[-–/]\s*\d)", re.IGNORECASE),
+    "quality": re.compile(r"quality\W{0,5}(\d(?:\.\d+)?)(?!\s*[-–/]\s*\d)", re.IGNORECASE),
+}
+
+
+class JudgeParseError(ValueError):
+    pass
+
+
+def parse_scores(text: str) -> dict[str, float]:
+    """Both scores from the judge's reply, each within 1-5, or JudgeParseError."""
+    scores: dict[str, float] = {}
+    for name, rx in _SCORE.items():
+        m = rx.search(text)
+        if not m:
+            raise JudgeParseError(f"no '{name.capitalize()}: <1-5>' line in the judge's reply")
+        value = float(m.group(1))
+        if not 1 <= value <= 5:
+            raise JudgeParseError(f"{name} score {value:g} is outside 1-5")
+        scores[name] = value
+    return scores
+
+
+class QAJudge:
+    def __init__(self, cfg: JudgeConfig, teacher: Teacher, prompt: Prompt) -> None:
+        self.cfg = cfg
+        self.teacher = teacher
+        self.prompt = prompt
+
+    def applies_to(self, sample: Sample) -> bool:
+        return sample.kind in self.cfg.kinds
+
+    async def judge(self, sample: Sample) -> Sample | Reject:
+        context = sample.provenance.context
+        messages = self.prompt.render(context=context, question=sample.instruction, answer=sample.response)
+
+        def reject(reason: str, detail: str, raw: str = "") -> Reject:
+            payload = json.dumps({"sample": json.loads(sample.model_dump_json()), "judge_output": raw})
+            return Reject(
+                stage="filter",
+                record_id=sample.id,
+                reason=reason,
+                detail=detail,
+                source_path=sample.provenance.source_path,
+                payload=payload,
+            )
+
+        try:
+            resp = await self.teacher.complete(messages, self.cfg.params)
+        except TeacherError as exc:
+            return reject("teacher_error", f"judge: {exc}")
+        try:
+            scores = parse_scores(resp.text)
+        except JudgeParseError as exc:
+            return reject("judge_parse_error", str(exc), resp.text)
+        ident = self.teacher.identity
+        sample.provenance.teacher_calls.append(
+            TeacherCall(
+                step="judge",
+                prompt_name=self.prompt.name,
+                prompt_version=self.prompt.version,
+                prompt_hash=self.prompt.hash,
+                backend=ident["backend"],
+                model=ident["model"],
+                params=self.cfg.params.model_dump_json(),
+                raw_output=resp.text,
+                input_tokens=resp.input_tokens,
+                output_tokens=resp.output_tokens,
+                cached=resp.cached,
+            )
+        )
+        sample.scores.update({f"judge_{k}": v for k, v in scores.items()})
+        if scores["faithfulness"] < self.cfg.min_faithfulness:
+            return reject(
+                "low_faithfulness",
+                f"judge faithfulness {scores['faithfulness']:g} < "
+                f"filter.judge.min_faithfulness={self.cfg.min_faithfulness:g}",
+                resp.text,
+            )
+        if scores["quality"] < self.cfg.min_quality:
+            return reject(
+                "low_quality",
+                f"judge quality {scores['quality']:g} < filter.judge.min_quality={self.cfg.min_quality:g}",
+                resp.text,
+            )
+        sample.verdicts["judge"] = "pass"
+        return sample
+
+    def run(self, samples: list[Sample], on_done: Callable[[], None] | None = None) -> list[Sample | Reject]:
+        """Judge the samples this judge applies to (concurrently); others pass through. Order is kept."""
+
+        async def one(s: Sample) -> Sample | Reject:
+            out = await self.judge(s) if self.applies_to(s) else s
+            if on_done:
+                on_done()
+            return out
+
+        async def main() -> list[Sample | Reject]:
+            async with self.teacher.session():
+                return list(await asyncio.gather(*(one(s) for s in samples)))
+
+        return asyncio.run(main())
