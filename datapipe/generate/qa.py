@@ -46,8 +46,9 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         q, a = " ".join(m.group("q").split()), m.group("a").strip()
         if len(q) >= 8 and a:
             pairs.append((q, a))
-    if not pairs and (m := _UNLABELLED.match(text)):
-        pairs.append((" ".join(m.group("q").split()), m.group("a").strip()))
+    bare = _UNLABELLED.match(text) if not pairs else None
+    if bare:
+        pairs.append((" ".join(bare.group("q").split()), bare.group("a").strip()))
     if not pairs:
         raise ParseError("no 'Question: ... Answer: ...' pair in the teacher's output")
     return pairs

@@ -97,9 +97,10 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
         first = summary["teacher"][0][1]
         tt = Table(title=f"teacher {first.get('backend')}:{first.get('model')}", title_justify="left")
         cols = ("requests", "calls", "cache_hits", "input_tokens", "output_tokens", "retries", "failures")
+        labels = ("requests", "calls", "cached", "tokens in", "tokens out", "retries", "failed")
         tt.add_column("stage")
-        for col in cols:
-            tt.add_column(col.replace("_", " "), justify="right")
+        for label in labels:
+            tt.add_column(label, justify="right")
         for stage, t in summary["teacher"]:
             tt.add_row(stage, *(str(t.get(k, 0)) for k in cols))
         if len(summary["teacher"]) > 1:

@@ -1,7 +1,8 @@
 """A reverse proxy for OpenAI-compatible servers that injects faults from a script.
 
 It sits between datapipe and a real llama.cpp server on 127.0.0.1: each incoming chat
-request takes the next fault from the script ("429", "500", "503", "401", "ok"); once
+request takes the next fault from the script ("429", "500", "503", "401", "ok", or
+"content:<text>" for a well-formed completion whose content is <text>); once
 the script is used up every request is forwarded unchanged.
 """
 
@@ -42,6 +43,20 @@ class FaultProxy:
         if fault == "429":
             return JSONResponse(
                 {"error": {"message": "rate limited"}}, status_code=429, headers={"Retry-After": str(self.retry_after)}
+            )
+        if fault.startswith("content:"):
+            text = fault.removeprefix("content:")
+            return JSONResponse(
+                {
+                    "id": "injected",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": "injected",
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                }
             )
         if fault in ("500", "502", "503", "401"):
             return JSONResponse({"error": {"message": f"injected {fault}"}}, status_code=int(fault))
