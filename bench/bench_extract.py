@@ -68,16 +68,30 @@ def main() -> int:
     files = list_files(folder)
     print(f"documents: {folder} ({len(files)} files)")
 
+    per_file: dict[str, dict[str, float]] = {"datapipe": {}, "unstructured": {}}
+    timing = False
+
+    def note(side: str, p: Path, t0: float) -> None:
+        if timing:
+            per_file[side][p.name] = per_file[side].get(p.name, 0.0) + time.perf_counter() - t0
+
     def run_datapipe() -> list[Document | Reject]:
-        return [extract_file(SourceFile(p), cfg) for p in files]
+        out: list[Document | Reject] = []
+        for p in files:
+            t0 = time.perf_counter()
+            out.append(extract_file(SourceFile(p), cfg))
+            note("datapipe", p, t0)
+        return out
 
     def run_unstructured() -> list[list[Any]]:
         out: list[list[Any]] = []
         for p in files:
+            t0 = time.perf_counter()
             if p.suffix.lower() == ".pdf":
                 out.append(list(partition(filename=str(p), strategy=cfg.pdf_strategy, languages=["eng"])))
             else:
                 out.append(list(partition(filename=str(p))))
+            note("unstructured", p, t0)
         return out
 
     t0 = time.perf_counter()
@@ -97,6 +111,7 @@ def main() -> int:
         else:
             print(f"  {p.name:32s} REJECT {out.reason}: {out.detail}  elements={len(els)}")
     print(f"pages per pass: {pages}")
+    timing = True
 
     t_dp: list[float] = []
     t_un: list[float] = []
@@ -119,6 +134,10 @@ def main() -> int:
               f"unstructured {times['unstructured']:.2f}s ({pages / times['unstructured']:.2f} pages/s)")
 
     n = len(t_dp)
+    print("per file, seconds per pass (mean over rounds):")
+    for p in files:
+        d, u = per_file["datapipe"][p.name] / n, per_file["unstructured"][p.name] / n
+        print(f"  {p.name:32s} datapipe {d:6.3f}  unstructured {u:6.3f}  datapipe/unstructured time {d / u:5.2f}")
     dp_best, un_best = pages / min(t_dp), pages / min(t_un)
     dp_mean, un_mean = pages * n / sum(t_dp), pages * n / sum(t_un)
     median_ratio = statistics.median(u / d for d, u in zip(t_dp, t_un, strict=True))

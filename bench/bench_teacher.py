@@ -225,7 +225,8 @@ def main() -> int:
                 totals[side].append(res)
                 line.append(f"{side} {res.seconds:.2f}s {res.requests / res.seconds:.2f} req/s "
                             f"{res.output_tokens / res.seconds:.1f} out tok/s ({res.output_tokens} out, "
-                            f"{res.input_tokens} in; server busy {res.server_busy_s:.2f}s, client CPU {res.client_cpu_s:.2f}s)")
+                            f"{res.input_tokens} in; server busy {res.server_busy_s:.2f}s, "
+                            f"client CPU {res.client_cpu_s:.2f}s)")
             print(f"round {r + 1}: " + "; ".join(line))
             pair = zip(totals["raw"][-1].texts, totals["datapipe"][-1].texts, strict=True)
             same += sum(a == b for a, b in pair)

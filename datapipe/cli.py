@@ -136,9 +136,17 @@ def filter_(target: Target = "pipeline.yaml") -> None:
 
 
 @app.command()
+def preference(target: Target = "pipeline.yaml") -> None:
+    """Build DPO preference pairs from the kept samples (<run>/preferences/)."""
+    from datapipe.pipeline import run_preference
+
+    _stage(run_preference, target)
+
+
+@app.command()
 def export(
     target: Target = "pipeline.yaml",
-    export_format: Annotated[str | None, typer.Option("--format", help="chatml | sharegpt | alpaca")] = None,
+    export_format: Annotated[str | None, typer.Option("--format", help="chatml | sharegpt | alpaca | dpo")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default <run>/exports/<format>)")] = None,
 ) -> None:
     """Write the kept samples as training-ready parquet."""

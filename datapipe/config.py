@@ -93,6 +93,32 @@ class QAConfig(_Strict):
     params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.7)
 
 
+class PreferenceConfig(_Strict):
+    """DPO preference pairs (stage ``preference``): candidates per prompt, judged, best vs worse."""
+
+    enabled: bool = False
+    kinds: list[Literal["instruction", "qa"]] = Field(["instruction", "qa"], description="prompts from these samples")
+    max_prompts: int | None = Field(None, ge=1, description="cap on prompts (samples) used")
+    candidates: list[GenerationParams] = Field(
+        [GenerationParams(max_new_tokens=128, temperature=0.2), GenerationParams(max_new_tokens=128, temperature=1.2)],
+        description="one teacher candidate per entry: different sampling settings",
+    )
+    include_original: bool = Field(True, description="the sample's own grounded response is a candidate too")
+    second_model: TeacherConfig | None = Field(None, description="e.g. the student: one more candidate per prompt")
+    second_model_params: GenerationParams = GenerationParams(max_new_tokens=128, temperature=0.7)
+    judge_prompt: str = "preference_judge"
+    judge_params: GenerationParams = GenerationParams(max_new_tokens=64, temperature=0.0)
+    min_margin: float = Field(1.0, gt=0, description="chosen score - rejected score must reach this")
+    min_chosen_score: float = Field(3.0, ge=1, le=5, description="a set whose best is below this is all_bad")
+
+    @model_validator(mode="after")
+    def _two_candidates(self) -> PreferenceConfig:
+        n = len(self.candidates) + int(self.include_original) + int(self.second_model is not None)
+        if n < 2:
+            raise ValueError("generate.preference needs at least 2 candidates per prompt")
+        return self
+
+
 class GenerateConfig(_Strict):
     kinds: list[Literal["instruction", "qa"]] = ["instruction"]
     questions_per_chunk: int = Field(2, ge=1, le=20)
@@ -103,6 +129,7 @@ class GenerateConfig(_Strict):
     question_params: GenerationParams = GenerationParams(max_new_tokens=96, temperature=0.7)
     answer_params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.3)
     qa: QAConfig = QAConfig()
+    preference: PreferenceConfig = PreferenceConfig()
 
 
 class TaxonomyConfig(_Strict):
@@ -139,7 +166,7 @@ class FilterConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    format: Literal["chatml", "sharegpt", "alpaca"] = "chatml"
+    format: Literal["chatml", "sharegpt", "alpaca", "dpo"] = "chatml"
     system_prompt: str | None = None
     out: str | None = Field(None, description="default: <run>/exports/<format>/")
 

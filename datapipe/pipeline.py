@@ -367,6 +367,87 @@ def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[st
     return rec.finish()
 
 
+def run_preference(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """DPO pairs from the kept samples: candidates per prompt, judged; pairs or rejects with reasons."""
+    from datapipe.generate.preference import PreferenceGenerator
+    from datapipe.generate.prompts import load_prompt
+    from datapipe.records import PreferencePair
+    from datapipe.teacher import Teacher
+
+    progress = progress or NullProgress()
+    store = store_for(cfg)
+    pcfg = cfg.generate.preference
+    prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
+    teacher = build_teacher(cfg)
+    second = Teacher(pcfg.second_model, teacher_cache_path(cfg)) if pcfg.second_model else None
+    gen = PreferenceGenerator(pcfg, teacher, load_prompt(pcfg.judge_prompt, None, prompts_dir), second)
+    cfg_hash = gen.config_hash()
+    rec = StageRecorder(store, "preference", cfg_hash)
+    samples = sorted((s for s in store.iter_records("filter", Sample) if s.kind in pcfg.kinds), key=lambda s: s.id)
+    skipped = samples[pcfg.max_prompts :] if pcfg.max_prompts else []
+    samples = samples[: pcfg.max_prompts] if pcfg.max_prompts else samples
+    batches = [samples[i : i + 8] for i in range(0, len(samples), 8)]
+    progress.start("preference", len(samples) + len(skipped))
+    if skipped:
+        key = "skipped-" + content_id([s.id for s in skipped], cfg_hash)
+        if not store.has_shard("preference", key):
+            store.write_shard(
+                "preference",
+                key,
+                PreferencePair.to_table([]),
+                [
+                    Reject(
+                        stage="preference",
+                        record_id=s.id,
+                        reason="over_max_prompts",
+                        source_path=s.provenance.source_path,
+                        detail=f"generate.preference.max_prompts={pcfg.max_prompts} prompts were used",
+                    )
+                    for s in skipped
+                ],
+            )
+        rec.add(key, [s.id for s in skipped], len(skipped), 0, len(skipped), 0.0, False)
+        progress.advance("preference", len(skipped))
+
+    async def main() -> None:
+        async with teacher.session():
+            if second is not None:
+                async with second.session():
+                    await run_batches()
+            else:
+                await run_batches()
+
+    async def run_batches() -> None:
+        for batch in batches:
+            t0 = time.perf_counter()
+            key = content_id([s.id for s in batch], cfg_hash)
+            reused = store.has_shard("preference", key)
+            if reused:
+                n_out = len(store.read_shard("preference", key, PreferencePair))
+                n_rej = len(store.read_shard_rejects("preference", key))
+                progress.advance("preference", len(batch))
+            else:
+
+                async def one(s: Sample) -> PreferencePair | Reject:
+                    out = await gen.for_sample(s)
+                    progress.advance("preference")
+                    return out
+
+                results = await asyncio.gather(*(one(s) for s in batch))
+                pairs = [r for r in results if isinstance(r, PreferencePair)]
+                rejects = [r for r in results if isinstance(r, Reject)]
+                store.write_shard("preference", key, PreferencePair.to_table(pairs), rejects)
+                n_out, n_rej = len(pairs), len(rejects)
+            rec.add(key, [s.id for s in batch], len(batch), n_out, n_rej, time.perf_counter() - t0, reused)
+
+    asyncio.run(main())
+    rec.extra["teacher"] = {**teacher.identity, **teacher.stats.as_dict()}
+    if second is not None:
+        rec.extra["second_model"] = {**second.identity, **second.stats.as_dict()}
+    progress.done("preference")
+    return rec.finish()
+
+
 def run_export(
     cfg: PipelineConfig, fmt: str | None = None, out: str | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -375,11 +456,20 @@ def run_export(
     progress = progress or NullProgress()
     store = store_for(cfg)
     fmt = fmt or cfg.export.format
-    samples = list(store.iter_records("filter", Sample))
-    progress.start("export", len(samples))
     t0 = time.perf_counter()
     out_dir = Path(out) if out else (cfg.resolve(cfg.export.out) if cfg.export.out else store.root / "exports" / fmt)
-    path = export_samples(samples, fmt, out_dir, cfg.export.system_prompt)
+    if fmt == "dpo":
+        from datapipe.export import export_pairs
+        from datapipe.records import PreferencePair
+
+        pairs = list(store.iter_records("preference", PreferencePair))
+        samples: list[Any] = pairs
+        progress.start("export", len(pairs))
+        path = export_pairs(pairs, out_dir, cfg.export.system_prompt)
+    else:
+        samples = list(store.iter_records("filter", Sample))
+        progress.start("export", len(samples))
+        path = export_samples(samples, fmt, out_dir, cfg.export.system_prompt)
     progress.advance("export", len(samples))
     progress.done("export")
     manifest = {

@@ -260,3 +260,65 @@ class Reject(Record):
             ("payload", pa.large_string()),
         ]
     )
+
+
+class Candidate(BaseModel):
+    """One candidate response of a preference set, with who wrote it and how the judge rated it."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    source: str  # "original" | "teacher" | "second_model"
+    backend: str
+    model: str
+    params: str  # JSON of the generation parameters
+    score: float | None = None
+    rationale: str = ""
+    judge_raw: str = ""
+
+
+_CANDIDATE = pa.struct(
+    [
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("params", pa.string()),
+        ("score", pa.float64()),
+        ("rationale", pa.string()),
+        ("judge_raw", pa.string()),
+    ]
+)
+
+
+class PreferencePair(Record):
+    """A DPO pair: prompt, chosen and rejected as conversational message lists, with every rating."""
+
+    id: str
+    sample_id: str
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    chosen_score: float
+    rejected_score: float
+    margin: float
+    candidates: list[Candidate]
+    judge_model: str
+    judge_prompt: str  # name@version#hash
+    provenance: Provenance
+
+    schema_ = pa.schema(
+        [
+            ("id", pa.string()),
+            ("sample_id", pa.string()),
+            ("prompt", pa.list_(_MESSAGE)),
+            ("chosen", pa.list_(_MESSAGE)),
+            ("rejected", pa.list_(_MESSAGE)),
+            ("chosen_score", pa.float64()),
+            ("rejected_score", pa.float64()),
+            ("margin", pa.float64()),
+            ("candidates", pa.list_(_CANDIDATE)),
+            ("judge_model", pa.string()),
+            ("judge_prompt", pa.string()),
+            ("provenance", _PROVENANCE),
+        ]
+    )

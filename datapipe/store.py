@@ -27,6 +27,7 @@ STAGE_DIRS = {
     "chunk": "chunks",
     "generate": "samples",
     "filter": "filtered",
+    "preference": "preferences",
     "export": "exports",
 }
 STAGES = list(STAGE_DIRS)

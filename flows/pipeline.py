@@ -67,6 +67,11 @@ def filter_task(target: str) -> dict[str, Any]:
     return stages.run_filter(load_target(target), _progress)
 
 
+@task(name="preference", **_task_opts)
+def preference_task(target: str) -> dict[str, Any]:
+    return stages.run_preference(load_target(target), _progress)
+
+
 @task(name="export", **_task_opts)
 def export_task(target: str, export_format: str | None = None) -> dict[str, Any]:
     return stages.run_export(load_target(target), export_format, progress=_progress)
@@ -74,11 +79,19 @@ def export_task(target: str, export_format: str | None = None) -> dict[str, Any]
 
 @flow(name="datapipe-pipeline")
 def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, Any]:
-    """extract -> chunk -> generate -> filter -> export for one pipeline config (or run folder)."""
-    return {
+    """extract -> chunk -> generate -> filter [-> preference] -> export for one pipeline config (or run folder).
+
+    With preference pairs enabled, the DPO export is written next to the configured format.
+    """
+    out = {
         "extract": extract_task(target),
         "chunk": chunk_task(target),
         "generate": generate_task(target),
         "filter": filter_task(target),
-        "export": export_task(target, export_format),
     }
+    if load_target(target).generate.preference.enabled:
+        out["preference"] = preference_task(target)
+        if export_format is None:
+            out["export_dpo"] = export_task(target, "dpo")
+    out["export"] = export_task(target, export_format)
+    return out

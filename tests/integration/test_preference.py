@@ -1,0 +1,209 @@
+"""DPO preference pairs: candidates from the teacher, a rubric judge, pairs only above the margin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from datapipe.cli import app
+from datapipe.config import GenerationParams, PreferenceConfig, TeacherConfig
+from datapipe.generate.preference import PreferenceGenerator, form_pair, parse_rating
+from datapipe.generate.prompts import load_prompt
+from datapipe.records import Candidate, Message, PreferencePair, Provenance, Reject, Sample
+from datapipe.store import RunStore
+from datapipe.teacher import Teacher
+from tests.conftest import LlamaServer, free_port, write_config
+from tests.integration.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+MARGIN = 1.0
+
+
+@pytest.fixture(scope="module")
+def pref_run(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    """Instruction samples from the demo documents, then pairs, all on the embedded teacher."""
+    repo = Path(__file__).resolve().parents[2]
+    tmp = tmp_path_factory.mktemp("pref")
+    cfg = write_config(
+        tmp / "p.yaml",
+        run_id="pref",
+        store="runs",
+        sources=[str(repo / "examples" / "docs")],
+        generate={
+            "questions_per_chunk": 1,
+            "max_chunks": 6,
+            "question_params": {"max_new_tokens": 48, "temperature": 0.7, "seed": 1},
+            "answer_params": {"max_new_tokens": 64, "temperature": 0.3, "seed": 1},
+            "preference": {
+                "enabled": True,
+                "max_prompts": 4,
+                "min_margin": MARGIN,
+                "candidates": [{"max_new_tokens": 48, "temperature": 0.2}, {"max_new_tokens": 48, "temperature": 1.5}],
+            },
+        },
+    )
+    result = runner.invoke(app, ["run", str(cfg)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return RunStore(tmp / "runs" / "pref")
+
+
+def test_pairs_respect_the_margin_and_keep_every_rating(pref_run: RunStore) -> None:
+    pairs = list(pref_run.iter_records("preference", PreferencePair))
+    assert pairs, "the embedded teacher formed no preference pair"
+    for p in pairs:
+        assert p.chosen_score - p.rejected_score >= MARGIN and p.margin == p.chosen_score - p.rejected_score
+        assert len(p.candidates) == 3 and {c.source for c in p.candidates} == {"original", "teacher"}
+        assert p.chosen[0].content in [c.text for c in p.candidates if c.score == p.chosen_score]
+        assert p.rejected[0].content in [c.text for c in p.candidates if c.score == p.rejected_score]
+        for c in p.candidates:
+            assert c.judge_raw and (c.score is None or c.rationale)
+            assert c.model == "SmolLM2-135M-Instruct.Q4_1.gguf" and json.loads(c.params)
+        assert p.judge_model == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.judge_prompt.startswith("preference_judge@v1#")
+        assert p.provenance.chunk_id and p.provenance.source_path
+
+
+def test_every_prompt_is_a_pair_or_a_reject(pref_run: RunStore) -> None:
+    kept = {s.id for s in pref_run.iter_records("filter", Sample)}
+    pairs = {p.sample_id for p in pref_run.iter_records("preference", PreferencePair)}
+    rejects = {r.record_id: r for r in pref_run.iter_rejects("preference")}
+    assert pairs | set(rejects) == kept and not pairs & set(rejects)
+    assert all(
+        r.reason in {"tie", "low_margin", "all_bad", "judge_parse_error", "teacher_error", "over_max_prompts"}
+        for r in rejects.values()
+    )
+
+
+def test_dpo_export_loads_in_datasets_and_dpo_trainer(pref_run: RunStore, tmp_path: Path) -> None:
+    import datasets
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from trl import DPOConfig, DPOTrainer
+    from trl.data_utils import apply_chat_template, is_conversational
+
+    from datapipe.chunk import default_model_path
+    from tests.integration.test_pipeline_full import CHATML
+
+    path = pref_run.root / "exports" / "dpo" / "train.parquet"
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert len(ds) == len(list(pref_run.iter_records("preference", PreferencePair)))
+    row = ds[0]
+    assert is_conversational(row)
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    tok.chat_template = CHATML
+    tok.eos_token = tok.sep_token
+    rendered = apply_chat_template({k: row[k] for k in ("prompt", "chosen", "rejected")}, tok)
+    assert rendered["prompt"].startswith("<|im_start|>user") and rendered["chosen"] and rendered["rejected"]
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=1, n_head=2))
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        max_steps=1,
+        per_device_train_batch_size=1,
+        report_to=[],
+        max_length=256,
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+    )
+    import copy
+
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=args,
+        train_dataset=ds.select_columns(["prompt", "chosen", "rejected"]),
+        processing_class=tok,
+    )
+    assert trainer.train().global_step == 1
+
+
+def _sample() -> Sample:
+    return Sample(
+        id="s1",
+        kind="instruction",
+        instruction="How do you get new ideas?",
+        response="By noticing anomalies.",
+        messages=[
+            Message(role="user", content="How do you get new ideas?"),
+            Message(role="assistant", content="By noticing anomalies."),
+        ],
+        provenance=Provenance(
+            source_path="ideas.html",
+            document_id="d",
+            chunk_id="c",
+            char_start=0,
+            char_end=10,
+            pages=[],
+            context="Notice anomalies.",
+            teacher_calls=[],
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("judge_replies", "reason"),
+    [
+        pytest.param(["3", "3", "3"], "tie", id="equal-scores"),
+        pytest.param(["I cannot grade this."] * 3, "judge_parse_error", id="unparseable"),
+        pytest.param(["Score: 2", "Score: 1", "Score: 2"], "all_bad", id="all-bad"),
+    ],
+)
+def test_no_pair_without_a_clear_winner(llama_server: LlamaServer, judge_replies: list[str], reason: str) -> None:
+    """Candidates come from the real llama.cpp server; the proxy injects the judge's replies."""
+    script = ["ok", "ok"] + [f"content:{r}" for r in judge_replies]
+    with FaultProxy(llama_server.base_url.removesuffix("/v1"), free_port(), script) as proxy:
+        teacher = Teacher(
+            TeacherConfig(backend="openai", model="smollm2", base_url=proxy.base_url, cache=False, max_concurrency=1)
+        )
+        cfg = PreferenceConfig(
+            enabled=True,
+            candidates=[
+                GenerationParams(max_new_tokens=16, temperature=0.2),
+                GenerationParams(max_new_tokens=16, temperature=1.2),
+            ],
+        )
+        gen = PreferenceGenerator(cfg, teacher, load_prompt("preference_judge"))
+
+        async def go() -> PreferencePair | Reject:
+            async with teacher.session():
+                return await gen.for_sample(_sample())
+
+        out = asyncio.run(go())
+    assert [f for _, f in proxy.arrivals][:2] == ["ok", "ok"]
+    assert isinstance(out, Reject) and out.reason == reason and out.stage == "preference"
+    raws = [c["judge_raw"] for c in json.loads(out.payload)["candidates"]]
+    assert raws == judge_replies  # every rating, parsed or not, is kept with the reject
+
+
+def test_form_pair_margin_rules() -> None:
+    def cands(*scores: float | None) -> list[Candidate]:
+        return [
+            Candidate(text=f"t{i}", source="teacher", backend="b", model="m", params="{}", score=s)
+            for i, s in enumerate(scores)
+        ]
+
+    assert form_pair(cands(5, 2, 4), 1.0, 3.0) == (0, 1)
+    assert form_pair(cands(4, 3.5), 1.0, 3.0)[0] == "low_margin"
+    assert form_pair(cands(None, 4), 1.0, 3.0)[0] == "judge_parse_error"
+    assert form_pair(cands(4, None, 2), 2.0, 3.0) == (0, 2)
+    assert form_pair(cands(3, 3, 3), 1.0, 3.0)[0] == "tie"
+    assert form_pair(cands(2, 1), 1.0, 3.0)[0] == "all_bad"
+
+
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [("The answer is 5.", 5.0), ("1. Not supported.", 1.0), ("Score: 4\nRationale: fine", 4.0), ("I'd say 2/5", 2.0)],
+)
+def test_parse_rating(reply: str, score: float) -> None:
+    assert parse_rating(reply)[0] == score
+
+
+@pytest.mark.parametrize("reply", ["Rating (1-5): Very helpful", "10 points", ""])
+def test_parse_rating_refuses(reply: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rating(reply)
