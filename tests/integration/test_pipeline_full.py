@@ -44,7 +44,17 @@ def run(tmp_path_factory: pytest.TempPathFactory, corpus_docs: Path, bad_inputs:
 
 def test_summary_is_printed(run: dict[str, object]) -> None:
     out = str(run["output"])
-    for word in ("extract", "chunk", "generate", "filter", "export", "rejects by reason", "input", "wall time"):
+    for word in (
+        "extract",
+        "chunk",
+        "generate",
+        "filter",
+        "export",
+        "rejects by reason",
+        "tokens",
+        "cached",
+        "wall time",
+    ):
         assert word in out
     assert "train.parquet" in out
 
