@@ -170,5 +170,22 @@ def summary(target: Target = "pipeline.yaml") -> None:
         _fail(exc)
 
 
+@app.command()
+def report(
+    target: Target = "pipeline.yaml",
+    out: Annotated[Path | None, typer.Option(help="output HTML file (default <run>/report.html)")] = None,
+) -> None:
+    """Write a self-contained HTML report of a run: counts, rejects, lengths, scores, duplicates, coverage, tokens."""
+    from datapipe.pipeline import store_for
+    from datapipe.report.html import write_report
+    from datapipe.runs import load_target
+
+    try:
+        path = write_report(store_for(load_target(target)), out)
+    except (DatapipeError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"report: [bold]{path}[/]", highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

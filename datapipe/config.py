@@ -150,11 +150,57 @@ class JudgeConfig(_Strict):
     params: GenerationParams = GenerationParams(max_new_tokens=24, temperature=0.0)
 
 
+class NearDedupConfig(_Strict):
+    """MinHash LSH over word shingles of instruction + response (datasketch)."""
+
+    enabled: bool = True
+    threshold: float = Field(0.7, gt=0, le=1, description="estimated Jaccard similarity that counts as duplicate")
+    num_perm: int = Field(128, ge=16)
+    shingle_words: int = Field(3, ge=1)
+
+
+class SemanticDedupConfig(_Strict):
+    """Cosine similarity of sentence embeddings (chunk.model) of instruction + response."""
+
+    enabled: bool = True
+    threshold: float = Field(
+        0.8, gt=0, le=1, description="all-MiniLM-L6-v2: paraphrases ~0.82-0.95, distinct ~0.5-0.65"
+    )
+    batch_size: int = Field(64, ge=1)
+
+
+class GroundingConfig(_Strict):
+    """An answer must be supported by its source chunk: embedding and lexical evidence."""
+
+    enabled: bool = True
+    kinds: list[Literal["instruction", "qa"]] = ["instruction", "qa"]
+    min_similarity: float = Field(0.35, ge=-1, le=1, description="best cosine of an answer sentence vs the chunk")
+    min_lexical: float = Field(0.5, ge=0, le=1, description="share of the answer's content words found in the chunk")
+
+
+class BenchmarkConfig(_Strict):
+    name: str
+    path: str = Field(description="a .jsonl/.json/.parquet file, or a `datasets` save_to_disk folder")
+    fields: list[str] = Field(["question"], min_length=1, description="text fields to compare against")
+    split: str | None = Field(None, description="split of a DatasetDict folder")
+
+
+class DecontaminationConfig(_Strict):
+    benchmarks: list[BenchmarkConfig] = []
+    ngram: int = Field(13, ge=3, description="shared normalised word n-gram length that counts as contamination")
+
+
 class FilterConfig(_Strict):
     min_instruction_chars: int = Field(10, ge=0)
     min_response_chars: int = Field(20, ge=0)
     max_response_chars: int = Field(4000, ge=1)
+    min_response_tokens: int = Field(3, ge=0, description="tokens of the chunk.model tokenizer")
+    max_response_tokens: int = Field(1024, ge=1)
     max_repeated_ngram_ratio: float = Field(0.3, ge=0, le=1, description="share of repeated word 3-grams")
+    languages: list[str] = Field(["en", "de"], description="ISO 639-1 codes kept ([] = any); langdetect")
+    max_copy_similarity: float = Field(
+        0.9, ge=0, le=1, description="an answer this similar to its question, or covering the chunk, is a copy"
+    )
     refusal_patterns: list[str] = [
         r"\bas an ai\b",
         r"\bi('m| am) (sorry|unable|not able)\b",
@@ -162,6 +208,10 @@ class FilterConfig(_Strict):
         r"\blanguage model\b",
     ]
     dedup_exact: bool = True
+    near_dedup: NearDedupConfig = NearDedupConfig()
+    semantic_dedup: SemanticDedupConfig = SemanticDedupConfig()
+    grounding: GroundingConfig = GroundingConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
     judge: JudgeConfig = JudgeConfig()
 
 

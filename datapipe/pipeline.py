@@ -325,16 +325,77 @@ def _build_judge(cfg: PipelineConfig, samples: list[Sample]) -> Any:
     return QAJudge(judge_cfg, build_teacher(cfg), load_prompt(judge_cfg.prompt, None, prompts_dir))
 
 
-def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
-    from datapipe.filter import filter_samples
+def _benchmark_digests(cfg: PipelineConfig) -> list[str]:
+    out = []
+    for b in cfg.filter.decontamination.benchmarks:
+        p = cfg.resolve(b.path)
+        out.append(_file_digest(p) if p.is_file() else f"{p}:{p.stat().st_mtime_ns if p.exists() else 'missing'}")
+    return out
 
+
+def apply_filters(
+    cfg: PipelineConfig, samples: list[Sample], progress: Progress, judge: Any = None
+) -> tuple[list[Sample], list[Reject], dict[str, int]]:
+    """All filters in order, cheapest first; returns kept samples, rejects and per-filter drop counts."""
+    from datapipe.chunk import count_tokens, load_embedder
+    from datapipe.filter import dedup, filter_samples, grounding
+    from datapipe.filter.decontam import Decontaminator
+
+    fcfg = cfg.filter
+    rejects: list[Reject] = []
+    dropped: dict[str, int] = {}
+
+    def drop(step: str, rs: list[Reject]) -> None:
+        rejects.extend(rs)
+        dropped[step] = dropped.get(step, 0) + len(rs)
+        progress.advance("filter", len(rs))
+
+    needs_model = fcfg.semantic_dedup.enabled or fcfg.grounding.enabled or fcfg.min_response_tokens > 0
+    model = load_embedder(cfg.chunk.model) if (samples and needs_model) else None
+    counter = (lambda text: count_tokens(model.tokenizer, [text])[0]) if model is not None else None
+    kept: list[Sample] = []
+    heur: list[Reject] = []
+    for out in filter_samples(samples, fcfg, counter):
+        (kept if isinstance(out, Sample) else heur).append(out)  # type: ignore[arg-type]
+    drop("heuristics", heur)
+    if fcfg.decontamination.benchmarks and kept:
+        decon = Decontaminator.build(fcfg.decontamination, cfg.base_dir)
+        checked = [(s, decon.check(s)) for s in kept]
+        drop("decontamination", [r for _, r in checked if r is not None])
+        kept = [s for s, r in checked if r is None]
+    if fcfg.grounding.enabled and kept and model is not None:
+        bad = grounding.check_grounding(kept, fcfg.grounding, model)
+        drop("grounding", grounding.as_rejects(kept, bad, fcfg.grounding))
+        kept = [s for s in kept if s.id not in bad]
+    if fcfg.near_dedup.enabled and kept:
+        near = dedup.near_duplicates(kept, fcfg.near_dedup)
+        drop("near_dedup", dedup.as_rejects(kept, near, "near (MinHash)"))
+        kept = [s for s in kept if s.id not in near]
+    if fcfg.semantic_dedup.enabled and kept and model is not None:
+        sem = dedup.semantic_duplicates(kept, fcfg.semantic_dedup, model)
+        drop("semantic_dedup", dedup.as_rejects(kept, sem, "semantic (embedding cosine)"))
+        kept = [s for s in kept if s.id not in sem]
+    for s in kept:
+        s.verdicts.update({k: "pass" for k in ("decontamination", "grounding", "near_dedup", "semantic_dedup")})
+    if judge is not None and kept:
+        judged = judge.run(kept, on_done=lambda: progress.advance("filter"))
+        judge_rejects = [r for r in judged if isinstance(r, Reject)]
+        rejects.extend(judge_rejects)
+        dropped["judge"] = len(judge_rejects)
+        kept = [s for s in judged if isinstance(s, Sample)]
+    else:
+        progress.advance("filter", len(kept))
+    return kept, rejects, dropped
+
+
+def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
     progress = progress or NullProgress()
     store = store_for(cfg)
     in_keys = store.current_keys("generate")
     samples = list(store.iter_records("generate", Sample))
     judge = _build_judge(cfg, samples)
     judge_key = [judge.teacher.identity, judge.prompt.hash] if judge else None
-    cfg_hash = content_id(cfg.section_hash("filter"), judge_key, length=16)
+    cfg_hash = content_id(cfg.section_hash("filter", "chunk"), judge_key, _benchmark_digests(cfg), length=16)
     rec = StageRecorder(store, "filter", cfg_hash)
     key = content_id(in_keys, cfg_hash)
     t0 = time.perf_counter()
@@ -345,21 +406,10 @@ def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[st
         n_rej = len(store.read_shard_rejects("filter", key))
         progress.advance("filter", len(samples))
     else:
-        kept: list[Sample] = []
-        rejects: list[Reject] = []
-        for out in filter_samples(samples, cfg.filter):
-            if isinstance(out, Sample):
-                kept.append(out)
-            else:
-                rejects.append(out)
-                progress.advance("filter")
+        kept, rejects, dropped = apply_filters(cfg, samples, progress, judge)
         if judge is not None:
-            judged = judge.run(kept, on_done=lambda: progress.advance("filter"))
-            kept = [s for s in judged if isinstance(s, Sample)]
-            rejects.extend(r for r in judged if isinstance(r, Reject))
             rec.extra["teacher"] = {**judge.teacher.identity, **judge.teacher.stats.as_dict(), "step": "judge"}
-        else:
-            progress.advance("filter", len(kept))
+        rec.extra["dropped_by_step"] = dropped
         store.write_shard("filter", key, Sample.to_table(kept), rejects)
         n_out, n_rej = len(kept), len(rejects)
     rec.add(key, in_keys, len(samples), n_out, n_rej, time.perf_counter() - t0, reused)

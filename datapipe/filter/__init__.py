@@ -1,7 +1,10 @@
 """Filter: keep samples worth training on; every drop becomes a reject with a reason.
 
 Each filter is a small function ``(sample) -> None`` (keep) or ``(reason, detail)`` (drop).
-First cut: empty/refusal answers, length bounds, repetition, exact duplicates.
+Per sample: empty/refusal answers, length bounds (chars and tokens), repetition, language,
+answers that copy the question or the whole chunk; then across samples: exact duplicates
+(here), benchmark decontamination, grounding, near and semantic duplicates (``dedup``,
+``decontam``, ``grounding``) and the LLM judge (``judge``), wired in ``pipeline.run_filter``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,24 @@ def repeated_ngram_ratio(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def build_filters(cfg: FilterConfig) -> list[tuple[str, SampleFilter]]:
+def detect_language(text: str) -> tuple[str, float] | None:
+    """(ISO code, probability) by langdetect with a fixed seed, or None when undecidable."""
+    from langdetect import DetectorFactory, detect_langs
+    from langdetect.lang_detect_exception import LangDetectException
+
+    DetectorFactory.seed = 0
+    try:
+        best = detect_langs(text)[0]
+    except LangDetectException:
+        return None
+    return str(best.lang), float(best.prob)
+
+
+def build_filters(
+    cfg: FilterConfig, count_tokens: Callable[[str], int] | None = None
+) -> list[tuple[str, SampleFilter]]:
+    from rapidfuzz import fuzz
+
     refusal = re.compile("|".join(cfg.refusal_patterns), re.IGNORECASE) if cfg.refusal_patterns else None
 
     def empty(s: Sample) -> Verdict:
@@ -60,12 +80,54 @@ def build_filters(cfg: FilterConfig) -> list[tuple[str, SampleFilter]]:
             return "repetitive", f"{ratio:.0%} of word 3-grams repeat (> {cfg.max_repeated_ngram_ratio:.0%})"
         return None
 
-    return [("empty", empty), ("refusal", refusals), ("length", lengths), ("repetition", repetition)]
+    def tokens(s: Sample) -> Verdict:
+        if count_tokens is None:
+            return None
+        n = count_tokens(s.response)
+        if n < cfg.min_response_tokens:
+            return "too_short", f"response has {n} tokens < filter.min_response_tokens={cfg.min_response_tokens}"
+        if n > cfg.max_response_tokens:
+            return "too_long", f"response has {n} tokens > filter.max_response_tokens={cfg.max_response_tokens}"
+        return None
+
+    def language(s: Sample) -> Verdict:
+        if not cfg.languages:
+            return None
+        found = detect_language(f"{s.instruction}\n{s.response}")
+        if found and found[0] not in cfg.languages and found[1] >= 0.9:
+            return (
+                f"wrong_language:{found[0]}",
+                f"detected {found[0]} (p={found[1]:.2f}); filter.languages={cfg.languages}",
+            )
+        return None
+
+    def copies(s: Sample) -> Verdict:
+        answer, question = normalise(s.response), normalise(s.instruction)
+        if answer and fuzz.ratio(answer, question) / 100 >= cfg.max_copy_similarity:
+            return "copies_question", "the response repeats the question"
+        context = normalise(s.provenance.context)
+        if context and len(answer) >= 0.8 * len(context):
+            ctx_words, ans_words = set(context.split()), set(answer.split())
+            if len(ctx_words & ans_words) / max(1, len(ctx_words)) >= cfg.max_copy_similarity:
+                return "copies_context", "the response reproduces the whole source chunk"
+        return None
+
+    return [
+        ("empty", empty),
+        ("refusal", refusals),
+        ("length", lengths),
+        ("tokens", tokens),
+        ("repetition", repetition),
+        ("copy", copies),
+        ("language", language),
+    ]
 
 
-def filter_samples(samples: Iterable[Sample], cfg: FilterConfig) -> Iterator[Sample | Reject]:
+def filter_samples(
+    samples: Iterable[Sample], cfg: FilterConfig, count_tokens: Callable[[str], int] | None = None
+) -> Iterator[Sample | Reject]:
     """Yield kept samples (with verdicts recorded) and rejects, in input order."""
-    filters = build_filters(cfg)
+    filters = build_filters(cfg, count_tokens)
     seen: dict[str, str] = {}
     for s in samples:
         verdict: Verdict = None

@@ -1,0 +1,672 @@
+"""`datapipe report`: one self-contained HTML file that shows what a run made and what it dropped.
+
+Everything is read back through :class:`~datapipe.store.RunStore` (manifests, records,
+rejects), so any run folder can be reported on, finished or not. The file has no external
+references: plots are matplotlib PNGs inlined as base64 and the styles are inline, so the
+report can be mailed, archived next to the training data or opened offline. A missing stage
+or an empty view renders a "no data" note instead of failing, because a report is most
+wanted exactly when a run went wrong.
+
+The figures the report shows are also embedded as JSON (``<script type="application/json"
+id="datapipe-report-data">``) so tools and tests can read them without parsing the tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from pydantic import ValidationError
+
+from datapipe.records import Chunk, Document, PreferencePair, Sample
+from datapipe.store import STAGES, RunStore
+
+UNITS = {
+    "extract": "documents",
+    "chunk": "chunks",
+    "generate": "samples",
+    "filter": "kept samples",
+    "preference": "preference pairs",
+    "export": "exported rows",
+}
+DUPLICATE_KINDS = ("duplicate_of", "near_duplicate_of", "semantic_duplicate_of")
+TEACHER_COLUMNS = (
+    ("requests", "requests"),
+    ("calls", "calls"),
+    ("cache_hits", "cache hits"),
+    ("input_tokens", "input tokens"),
+    ("output_tokens", "output tokens"),
+    ("retries", "retries"),
+    ("failures", "failures"),
+    ("seconds_in_calls", "seconds in calls"),
+)
+KEPT, DROPPED, ALL = "#2a9d8f", "#e76f51", "#8d99ae"
+STAGE_COLOURS = {
+    "extract": "#264653",
+    "chunk": "#457b9d",
+    "generate": "#e9c46a",
+    "filter": "#f4a261",
+    "preference": "#e76f51",
+    "export": "#8d99ae",
+}
+MAX_BARS = 40
+MAX_ROWS = 200
+
+
+def reason_code(reason: str) -> str:
+    """A reject reason without the record id it points at (``duplicate_of:<id>`` -> ``duplicate_of``).
+
+    Other suffixes (``contaminated:gsm8k``, ``wrong_language:de``) say something about the
+    data and are kept.
+    """
+    head, sep, _ = reason.partition(":")
+    return head if sep and head in DUPLICATE_KINDS else reason
+
+
+@dataclass
+class SampleStats:
+    """The few fields of a sample the report plots; full records would not fit in memory for big runs."""
+
+    id: str
+    kind: str
+    instruction: str
+    instruction_chars: int
+    response_chars: int
+    source_path: str
+    taxonomy_path: str | None
+    scores: dict[str, float]
+    tokens: dict[str, tuple[int, int]]  # step -> (input, output) tokens of its teacher calls
+
+    @classmethod
+    def of(cls, s: Sample) -> SampleStats:
+        tokens: dict[str, tuple[int, int]] = {}
+        for call in s.provenance.teacher_calls:
+            i, o = tokens.get(call.step, (0, 0))
+            tokens[call.step] = (i + call.input_tokens, o + call.output_tokens)
+        return cls(
+            id=s.id,
+            kind=s.kind,
+            instruction=s.instruction,
+            instruction_chars=len(s.instruction),
+            response_chars=len(s.response),
+            source_path=s.provenance.source_path,
+            taxonomy_path=s.provenance.taxonomy_path,
+            scores=dict(s.scores),
+            tokens=tokens,
+        )
+
+
+@dataclass
+class RejectStats:
+    stage: str
+    record_id: str
+    reason: str
+    source_path: str | None
+
+
+@dataclass
+class RunData:
+    """What the report needs from a run, gathered in one pass over its stages."""
+
+    root: Path
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    documents: list[tuple[str, str, str | None]] = field(default_factory=list)  # id, source_path, taxonomy
+    chunk_tokens: list[int] = field(default_factory=list)
+    chunks_per_source: Counter[str] = field(default_factory=Counter)
+    generated: list[SampleStats] = field(default_factory=list)
+    kept: list[SampleStats] = field(default_factory=list)
+    dropped_by_filter: list[SampleStats] = field(default_factory=list)
+    pairs: list[PreferencePair] = field(default_factory=list)
+    rejects: list[RejectStats] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _records(store: RunStore, data: RunData, stage: str, record: type[Any]) -> Iterator[Any]:
+    """A stage's records, or nothing (with a note) when the stage has not run or a shard is unreadable."""
+    if stage not in data.manifests:
+        return
+    try:
+        yield from store.iter_records(stage, record)
+    except (OSError, pa.ArrowException, ValidationError, KeyError) as exc:
+        data.problems.append(f"stage {stage}: its records could not all be read ({type(exc).__name__}: {exc})")
+
+
+def _payload_sample(payload: str) -> Sample | None:
+    """The sample a filter reject carries: the payload itself, or its ``sample`` (judge rejects)."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("sample"), dict):
+        obj = obj["sample"]
+    try:
+        return Sample.model_validate(obj)
+    except ValidationError:
+        return None
+
+
+def collect(store: RunStore) -> RunData:
+    """Read the manifests, records and rejects of every stage that has run."""
+    data = RunData(root=store.root)
+    for stage in STAGES:
+        m = store.read_manifest(stage)
+        if m is not None:
+            data.manifests[stage] = m
+    for d in _records(store, data, "extract", Document):
+        data.documents.append((d.id, d.source_path, d.taxonomy_path))
+    for c in _records(store, data, "chunk", Chunk):
+        data.chunk_tokens.append(c.n_tokens)
+        data.chunks_per_source[c.source_path] += 1
+    data.generated = [SampleStats.of(s) for s in _records(store, data, "generate", Sample)]
+    data.kept = [SampleStats.of(s) for s in _records(store, data, "filter", Sample)]
+    data.pairs = list(_records(store, data, "preference", PreferencePair))
+    for stage, m in data.manifests.items():
+        if "shards" not in m:
+            continue
+        try:
+            for r in store.iter_rejects(stage):
+                data.rejects.append(RejectStats(stage, r.record_id, r.reason, r.source_path))
+                if stage == "filter":
+                    dropped = _payload_sample(r.payload)
+                    if dropped is not None:
+                        data.dropped_by_filter.append(SampleStats.of(dropped))
+        except (OSError, pa.ArrowException, ValidationError) as exc:
+            data.problems.append(f"stage {stage}: its rejects could not all be read ({type(exc).__name__}: {exc})")
+    return data
+
+
+def _img(fig: Figure, alt: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
+    b64 = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _figure(width: float = 9.0, height: float = 3.6) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="both", alpha=0.25)
+    ax.set_axisbelow(True)
+    return fig, ax
+
+
+def _nodata(why: str) -> str:
+    return f'<p class="nodata">no data: {html.escape(why)}</p>'
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], numeric_from: int = 1) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for i, v in enumerate(row):
+            cls = ' class="num"' if i >= numeric_from else ""
+            cells.append(f"<td{cls}>{html.escape(_fmt(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def _short_paths(paths: Iterable[str]) -> dict[str, str]:
+    """Source paths relative to their common folder, so chart labels stay readable."""
+    unique = sorted(set(paths))
+    if not unique:
+        return {}
+    try:
+        base = os.path.commonpath([os.path.dirname(p) for p in unique])
+    except ValueError:
+        base = ""
+    out = {}
+    for p in unique:
+        rel = os.path.relpath(p, base) if base else p
+        out[p] = rel if len(rel) <= 48 else "…" + rel[-47:]
+    return out
+
+
+def _hist(ax: Axes, series: list[tuple[str, list[float], str]], bins: int = 30) -> None:
+    """Overlaid histograms over shared bins (integer-valued data gets one bar per value)."""
+    values = [v for _, vs, _ in series for v in vs]
+    lo, hi = min(values), max(values)
+    if all(float(v).is_integer() for v in values) and hi - lo <= 12:
+        edges = [lo - 0.5 + i for i in range(int(hi - lo) + 2)]
+    else:
+        width = (hi - lo) / bins if hi > lo else 1.0
+        edges = [lo + i * width for i in range(bins + 1)] if hi > lo else [lo - 0.5, lo + 0.5]
+    for label, vs, colour in series:
+        if vs:
+            ax.hist(vs, bins=edges, alpha=0.65, label=f"{label} (n={len(vs)})", color=colour, edgecolor="white")
+    ax.legend(frameon=False, fontsize=9)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    intro: str
+    body: list[str]
+
+
+def section_stages(data: RunData, facts: dict[str, Any]) -> Section:
+    rows: list[list[Any]] = []
+    stages: list[dict[str, Any]] = []
+    for stage in STAGES:
+        m = data.manifests.get(stage)
+        if m is None:
+            continue
+        c = m.get("counts", {})
+        row = {
+            "stage": stage,
+            "unit": UNITS.get(stage, "records"),
+            "in": int(c.get("in", 0)),
+            "out": int(c.get("out", 0)),
+            "rejected": int(c.get("rejected", 0)),
+            "seconds": float(m.get("seconds", 0.0)),
+        }
+        stages.append(row)
+        rows.append([row["stage"], row["unit"], row["in"], row["out"], row["rejected"], row["seconds"]])
+    facts["stages"] = stages
+    missing = [s for s in STAGES if s not in data.manifests]
+    body: list[str] = []
+    if not stages:
+        body.append(_nodata("this run has no stage manifests yet: run `datapipe run` or a stage command first"))
+        return Section("stages", "Records per stage", "", body)
+    fig, ax = _figure(9, 3.4)
+    x = list(range(len(stages)))
+    w = 0.27
+    for off, key, colour in ((-w, "in", ALL), (0.0, "out", KEPT), (w, "rejected", DROPPED)):
+        bars = ax.bar([i + off for i in x], [s[key] for s in stages], w, label=key, color=colour)
+        ax.bar_label(bars, fontsize=8, padding=1)
+    ax.set_xticks(x, [f"{s['stage']}\n({s['unit']})" for s in stages], fontsize=9)
+    ax.set_ylabel("records")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(frameon=False, fontsize=9)
+    body.append(_img(fig, "records in, out and rejected per stage"))
+    body.append(_table(["stage", "out are", "in", "out", "rejected", "seconds"], rows, numeric_from=2))
+    if missing:
+        body.append(f'<p class="note">stages that have not run: {html.escape(", ".join(missing))}</p>')
+    return Section(
+        "stages",
+        "Records per stage",
+        "Counts from each stage's manifest: what came in, what went on, what was rejected (every reject is kept "
+        "in rejects/ with its reason).",
+        body,
+    )
+
+
+def section_rejects(data: RunData, facts: dict[str, Any]) -> Section:
+    counts: Counter[tuple[str, str]] = Counter()
+    for stage, m in data.manifests.items():
+        for reason, n in m.get("rejects_by_reason", {}).items():
+            counts[(stage, reason_code(reason))] += int(n)
+    facts["rejects_by_reason"] = {
+        stage: {r: n for (s, r), n in sorted(counts.items()) if s == stage} for stage in {s for s, _ in counts}
+    }
+    intro = "Rejects per stage and reason, from the manifests (duplicate reasons are counted without their target id)."
+    if not counts:
+        return Section("rejects", "Rejects by reason", intro, [_nodata("no stage rejected anything")])
+    ordered = [(s, r, counts[(s, r)]) for s in STAGES for r in sorted(r for st, r in counts if st == s)]
+    fig, ax = _figure(9, 0.8 + 0.32 * len(ordered))
+    labels = [f"{s}: {r}" for s, r, _ in ordered][::-1]
+    bars = ax.barh(labels, [n for _, _, n in ordered][::-1], color=[STAGE_COLOURS[s] for s, _, _ in ordered][::-1])
+    ax.bar_label(bars, fontsize=8, padding=2)
+    ax.set_xlabel("rejected records")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(axis="y", labelsize=9)
+    return Section(
+        "rejects",
+        "Rejects by reason",
+        intro,
+        [_img(fig, "rejects by stage and reason"), _table(["stage", "reason", "count"], ordered, numeric_from=2)],
+    )
+
+
+def section_lengths(data: RunData, facts: dict[str, Any]) -> Section:
+    body: list[str] = []
+    facts["lengths"] = {"samples": len(data.generated), "kept": len(data.kept), "chunks": len(data.chunk_tokens)}
+    samples = data.generated or data.kept
+    if samples:
+        fig = Figure(figsize=(10, 3.4))
+        axes = fig.subplots(1, 2)
+        for ax, attr, title in zip(
+            axes, ("instruction_chars", "response_chars"), ("instruction (chars)", "response (chars)"), strict=True
+        ):
+            ax.spines[["top", "right"]].set_visible(False)
+            series = [("generated", [float(getattr(s, attr)) for s in data.generated], ALL)]
+            if "filter" in data.manifests:
+                series.append(("kept", [float(getattr(s, attr)) for s in data.kept], KEPT))
+            _hist(ax, series)
+            ax.set_title(title, fontsize=10)
+            ax.set_ylabel("samples")
+        body.append(_img(fig, "instruction and response length distributions"))
+    else:
+        body.append(_nodata("no generated samples (stage generate has not run or produced nothing)"))
+    if data.chunk_tokens:
+        fig, ax = _figure(9, 3.0)
+        _hist(ax, [("chunks", [float(t) for t in data.chunk_tokens], STAGE_COLOURS["chunk"])])
+        ax.set_xlabel("tokens per chunk (embedding model tokenizer)")
+        ax.set_ylabel("chunks")
+        body.append(_img(fig, "chunk token distribution"))
+        ts = sorted(data.chunk_tokens)
+        body.append(
+            f'<p class="note">{len(ts):,} chunks; tokens min {ts[0]:,}, median {ts[len(ts) // 2]:,}, max {ts[-1]:,}</p>'
+        )
+    else:
+        body.append(_nodata("no chunks (stage chunk has not run or produced nothing)"))
+    return Section(
+        "lengths",
+        "Length distributions",
+        "Instruction and response lengths of all generated samples and of the samples the filter kept; chunk sizes "
+        "in tokens.",
+        body,
+    )
+
+
+def section_scores(data: RunData, facts: dict[str, Any]) -> Section:
+    body: list[str] = []
+    keys = sorted({k for s in (*data.kept, *data.dropped_by_filter) for k in s.scores})
+    facts["scores"] = {}
+    for key in keys:
+        kept = [s.scores[key] for s in data.kept if key in s.scores]
+        dropped = [s.scores[key] for s in data.dropped_by_filter if key in s.scores]
+        facts["scores"][key] = {"kept": len(kept), "rejected": len(dropped)}
+        fig, ax = _figure(9, 2.8)
+        _hist(ax, [("kept", kept, KEPT), ("rejected", dropped, DROPPED)])
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("score")
+        ax.set_ylabel("samples")
+        body.append(_img(fig, f"{key} score histogram"))
+    if not keys:
+        body.append(_nodata("no sample carries a score (the judge scores only the kinds in filter.judge.kinds)"))
+    if data.pairs:
+        facts["scores"]["preference"] = {"pairs": len(data.pairs)}
+        fig = Figure(figsize=(10, 3.2))
+        left, right = fig.subplots(1, 2)
+        for ax in (left, right):
+            ax.spines[["top", "right"]].set_visible(False)
+        _hist(
+            left,
+            [
+                ("chosen", [p.chosen_score for p in data.pairs], KEPT),
+                ("rejected", [p.rejected_score for p in data.pairs], DROPPED),
+            ],
+        )
+        left.set_title("preference pairs: judge score", fontsize=10)
+        left.set_ylabel("pairs")
+        by_source: dict[str, list[float]] = defaultdict(list)
+        for p in data.pairs:
+            for c in p.candidates:
+                if c.score is not None:
+                    by_source[c.source].append(c.score)
+        palette = [STAGE_COLOURS["generate"], STAGE_COLOURS["extract"], STAGE_COLOURS["preference"], ALL]
+        if by_source:
+            _hist(right, [(src, by_source[src], palette[i % len(palette)]) for i, src in enumerate(sorted(by_source))])
+        right.set_title("candidate scores by source", fontsize=10)
+        right.set_ylabel("candidates")
+        body.append(_img(fig, "preference pair score histograms"))
+        margins = sorted(p.margin for p in data.pairs)
+        body.append(
+            f'<p class="note">{len(margins):,} preference pairs; margin min {margins[0]:.1f}, '
+            f"median {margins[len(margins) // 2]:.1f}, max {margins[-1]:.1f}</p>"
+        )
+    elif "preference" in data.manifests:
+        body.append(_nodata("the preference stage made no pairs"))
+    return Section(
+        "scores",
+        "Judge scores",
+        "Scores the filter stage gave samples (kept and rejected), and the rubric judge's scores of preference pairs.",
+        body,
+    )
+
+
+def section_duplicates(data: RunData, facts: dict[str, Any]) -> Section:
+    clusters: Counter[tuple[str, str, str]] = Counter()  # (stage, kind, representative id) -> duplicates
+    for r in data.rejects:
+        head, sep, target = r.reason.partition(":")
+        if sep and head in DUPLICATE_KINDS:
+            clusters[(r.stage, head, target)] += 1
+    sizes: dict[str, Counter[int]] = defaultdict(Counter)
+    for (stage, kind, _), n in clusters.items():
+        sizes[f"{stage}: {kind}"][n + 1] += 1
+    facts["duplicates"] = {
+        "clusters": len(clusters),
+        "duplicates": sum(clusters.values()),
+        "sizes": {k: dict(sorted(v.items())) for k, v in sorted(sizes.items())},
+    }
+    intro = (
+        "A cluster is a kept representative plus the records rejected as its duplicate (exact, near or semantic); "
+        "its size counts both."
+    )
+    if not clusters:
+        return Section("duplicates", "Duplicate clusters", intro, [_nodata("no record was rejected as a duplicate")])
+    fig, ax = _figure(9, 3.0)
+    groups = sorted(sizes)
+    all_sizes = sorted({n for c in sizes.values() for n in c})
+    w = 0.8 / len(groups)
+    palette = [STAGE_COLOURS["extract"], STAGE_COLOURS["filter"], STAGE_COLOURS["preference"], KEPT, ALL]
+    for gi, g in enumerate(groups):
+        xs = [i + (gi - (len(groups) - 1) / 2) * w for i in range(len(all_sizes))]
+        bars = ax.bar(xs, [sizes[g][n] for n in all_sizes], w, label=g, color=palette[gi % len(palette)])
+        ax.bar_label(bars, fontsize=8, padding=1)
+    ax.set_xticks(range(len(all_sizes)), [str(n) for n in all_sizes])
+    ax.set_xlabel("cluster size (records)")
+    ax.set_ylabel("clusters")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(frameon=False, fontsize=9)
+    texts = {s.id: s.instruction for s in (*data.generated, *data.kept)}
+    texts.update({doc_id: path for doc_id, path, _ in data.documents})
+    rows = [
+        [stage, kind, target, n + 1, _clip(texts.get(target, ""), 90)]
+        for (stage, kind, target), n in clusters.most_common(20)
+    ]
+    return Section(
+        "duplicates",
+        "Duplicate clusters",
+        intro,
+        [
+            _img(fig, "duplicate cluster sizes"),
+            f'<p class="note">{len(clusters):,} clusters, {sum(clusters.values()):,} duplicates rejected; '
+            "the largest:</p>",
+            _table(["stage", "kind", "representative", "size", "representative text"], rows, numeric_from=3),
+        ],
+    )
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _coverage_chart(labels: list[str], series: list[tuple[str, list[int], str]], unit: str, alt: str) -> str:
+    fig, ax = _figure(9, 0.9 + 0.3 * len(labels))
+    h = 0.8 / len(series)
+    for si, (name, values, colour) in enumerate(series):
+        ys = [i + (si - (len(series) - 1) / 2) * h for i in range(len(labels))]
+        bars = ax.barh(ys, values, h, label=name, color=colour)
+        ax.bar_label(bars, fontsize=7, padding=2)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(unit)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(frameon=False, fontsize=9, loc="lower right")
+    return _img(fig, alt)
+
+
+def section_coverage(data: RunData, facts: dict[str, Any]) -> Section:
+    body: list[str] = []
+    gen = Counter(s.source_path for s in data.generated)
+    kept = Counter(s.source_path for s in data.kept)
+    sources = sorted({p for _, p, _ in data.documents} | set(data.chunks_per_source) | set(gen) | set(kept))
+    facts["coverage_sources"] = {
+        p: {"chunks": data.chunks_per_source[p], "generated": gen[p], "kept": kept[p]} for p in sources
+    }
+    body.append("<h3>Per source document</h3>")
+    if sources and (gen or data.chunks_per_source):
+        short = _short_paths(sources)
+        ranked = sorted(sources, key=lambda p: (-kept[p], -gen[p], -data.chunks_per_source[p], p))
+        shown = ranked[:MAX_BARS]
+        series = [("chunks", [data.chunks_per_source[p] for p in shown], STAGE_COLOURS["chunk"])]
+        if data.generated:
+            series.append(("generated samples", [gen[p] for p in shown], ALL))
+        if "filter" in data.manifests:
+            series.append(("kept samples", [kept[p] for p in shown], KEPT))
+        body.append(_coverage_chart([short[p] for p in shown], series, "records", "coverage per source document"))
+        uncovered = [p for p in sources if kept[p] == 0] if "filter" in data.manifests else []
+        note = f"{len(sources):,} source documents"
+        if len(sources) > MAX_BARS:
+            note += f" (the chart shows the {MAX_BARS} best covered; the table lists all)"
+        if "filter" in data.manifests:
+            note += f"; {len(uncovered):,} have no kept sample"
+        body.append(f'<p class="note">{html.escape(note)}</p>')
+        rows = [[short[p], data.chunks_per_source[p], gen[p], kept[p]] for p in ranked[:MAX_ROWS]]
+        body.append(_table(["source", "chunks", "generated", "kept"], rows))
+    else:
+        body.append(_nodata("no chunks or samples with a source document yet"))
+    body.append("<h3>Per taxonomy leaf</h3>")
+    leaf_gen = Counter(s.taxonomy_path for s in data.generated if s.taxonomy_path)
+    leaf_kept = Counter(s.taxonomy_path for s in data.kept if s.taxonomy_path)
+    leaves = sorted(set(leaf_gen) | set(leaf_kept))
+    facts["coverage_leaves"] = {leaf: {"generated": leaf_gen[leaf], "kept": leaf_kept[leaf]} for leaf in leaves}
+    if leaves:
+        shown = leaves[:MAX_BARS]
+        series = [("generated samples", [leaf_gen[leaf] for leaf in shown], ALL)]
+        if "filter" in data.manifests:
+            series.append(("kept samples", [leaf_kept[leaf] for leaf in shown], KEPT))
+        labels = [_clip(leaf, 60) for leaf in shown]
+        body.append(_coverage_chart(labels, series, "samples", "coverage per taxonomy leaf"))
+        body.append(_table(["taxonomy leaf", "generated", "kept"], [[x, leaf_gen[x], leaf_kept[x]] for x in leaves]))
+    else:
+        body.append(_nodata("no sample comes from a taxonomy leaf (generate.kinds has no qa, or none was made)"))
+    return Section(
+        "coverage",
+        "Coverage",
+        "How much of each source document and taxonomy leaf made it into the data: a document with chunks but no "
+        "kept sample is not represented in training.",
+        body,
+    )
+
+
+def section_tokens(data: RunData, facts: dict[str, Any]) -> Section:
+    body: list[str] = []
+    usage: list[tuple[str, dict[str, Any]]] = []
+    for stage in STAGES:
+        m = data.manifests.get(stage, {})
+        for key, label in (("teacher", stage), ("second_model", f"{stage} (second model)")):
+            if isinstance(m.get(key), dict):
+                usage.append((label, m[key]))
+    facts["tokens"] = {label: {k: t.get(k, 0) for k, _ in TEACHER_COLUMNS} for label, t in usage}
+    if usage:
+        fig, ax = _figure(9, 3.0)
+        x = list(range(len(usage)))
+        for off, key, colour in ((-0.2, "input_tokens", ALL), (0.2, "output_tokens", KEPT)):
+            bars = ax.bar([i + off for i in x], [int(t.get(key, 0)) for _, t in usage], 0.4, label=key, color=colour)
+            ax.bar_label(bars, fontsize=8, padding=1)
+        ax.set_xticks(x, [label for label, _ in usage], fontsize=9)
+        ax.set_ylabel("tokens")
+        ax.legend(frameon=False, fontsize=9)
+        body.append(_img(fig, "teacher tokens per stage"))
+        rows: list[list[Any]] = [
+            [label, f"{t.get('backend', '')}:{t.get('model', '')}", *(t.get(k, 0) for k, _ in TEACHER_COLUMNS)]
+            for label, t in usage
+        ]
+        if len(usage) > 1:
+            rows.append(["total", "", *(sum(t.get(k, 0) for _, t in usage) for k, _ in TEACHER_COLUMNS)])
+        body.append(_table(["stage", "teacher", *(label for _, label in TEACHER_COLUMNS)], rows, numeric_from=2))
+        body.append(
+            '<p class="note">Teacher statistics of each stage\'s latest execution: a re-run that reuses its shards '
+            "or answers from the response cache spends no new tokens.</p>"
+        )
+    else:
+        body.append(_nodata("no stage has used a teacher yet"))
+    steps: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s in data.generated:
+        for step, (i, o) in s.tokens.items():
+            steps[step][0] += i
+            steps[step][1] += o
+    if steps:
+        body.append("<h3>Tokens behind the generated samples (from their provenance)</h3>")
+        body.append(_table(["step", "input tokens", "output tokens"], [[k, *v] for k, v in sorted(steps.items())]))
+    return Section("tokens", "Tokens spent", "Teacher requests and tokens, from the stage manifests.", body)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d2731;
+background:#f6f7f9}
+header{background:#264653;color:#fff;padding:18px 32px}header h1{margin:0 0 4px;font-size:22px}
+header p{margin:0;opacity:.85;font-size:13px}nav{padding:8px 32px;background:#e9edf1;font-size:14px}
+nav a{margin-right:16px;color:#264653}main{max-width:1100px;margin:0 auto;padding:8px 24px 40px}
+section{background:#fff;border-radius:8px;padding:8px 20px 16px;margin:16px 0;box-shadow:0 1px 3px #0002}
+h2{font-size:18px;border-bottom:1px solid #e3e7eb;padding-bottom:6px}h3{font-size:15px;margin:18px 0 6px}
+.intro{color:#4a5a68;font-size:13px;margin-top:-4px}img{max-width:100%;display:block;margin:8px 0}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{padding:3px 10px;border-bottom:1px solid #e3e7eb;
+text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f0f3f6}
+.nodata{color:#8a5a00;background:#fff6e0;border-left:4px solid #e9c46a;padding:6px 10px;font-size:13px}
+.note{color:#4a5a68;font-size:13px}.problem{color:#9b2226;font-size:13px}
+"""
+
+
+def build_report(store: RunStore) -> str:
+    """The whole report as one HTML string."""
+    data = collect(store)
+    facts: dict[str, Any] = {"run": str(store.root)}
+    sections = [
+        section_stages(data, facts),
+        section_rejects(data, facts),
+        section_lengths(data, facts),
+        section_scores(data, facts),
+        section_duplicates(data, facts),
+        section_coverage(data, facts),
+        section_tokens(data, facts),
+    ]
+    facts["problems"] = data.problems
+    nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>datapipe report: {html.escape(store.root.name)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<header><h1>datapipe report: {html.escape(store.root.name)}</h1>",
+        f"<p>{html.escape(str(store.root))} · written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}</p></header>",
+        f"<nav>{nav}</nav><main>",
+    ]
+    parts += [f'<p class="problem">{html.escape(p)}</p>' for p in data.problems]
+    for s in sections:
+        intro = f'<p class="intro">{html.escape(s.intro)}</p>' if s.intro else ""
+        parts.append(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>{intro}{"".join(s.body)}</section>')
+    blob = json.dumps(facts, sort_keys=True, ensure_ascii=True).replace("</", "<\\/")
+    parts.append(f'</main><script type="application/json" id="datapipe-report-data">{blob}</script></body></html>')
+    return "\n".join(parts)
+
+
+def write_report(store: RunStore, out: str | Path | None = None) -> Path:
+    """Write the report (default ``<run>/report.html``) and return its path."""
+    if not store.root.is_dir():
+        raise FileNotFoundError(f"run folder {store.root} does not exist: run `datapipe run` for it first")
+    path = Path(out) if out is not None else store.root / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(build_report(store), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,47 @@
+"""A small real run for the report and notebook tests: the demo documents on the embedded teacher.
+
+One document is added twice under another name, so extract rejects it as ``duplicate_of:<id>``
+and the report has a real duplicate cluster; the judge scores instruction samples too, so
+there are real judge scores. The teacher's response cache lives in the session's temporary
+folder, so a second small run in the same session makes no teacher calls.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from datapipe.cli import app
+from tests.conftest import REPO, write_config
+
+EXAMPLE_DOCS = REPO / "examples" / "docs"
+DUPLICATED = "ideas-page.html"
+
+
+def make_small_run(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """Run the whole flow through the CLI and return the run folder."""
+    tmp = tmp_path_factory.mktemp(name)
+    copies = tmp / "copies"
+    copies.mkdir()
+    shutil.copy(EXAMPLE_DOCS / DUPLICATED, copies / f"copy-of-{DUPLICATED}")
+    cache = tmp_path_factory.getbasetemp() / "smallrun-teacher-cache" / "teacher.sqlite"
+    cfg = write_config(
+        tmp / "pipeline.yaml",
+        run_id="small",
+        store="runs",
+        sources=[str(EXAMPLE_DOCS), str(copies)],
+        teacher={"backend": "llamacpp", "cache_path": str(cache)},
+        generate={
+            "questions_per_chunk": 1,
+            "max_chunks": 3,
+            "question_params": {"max_new_tokens": 40},
+            "answer_params": {"max_new_tokens": 48},
+        },
+        filter={"judge": {"kinds": ["instruction"]}},
+    )
+    result = CliRunner().invoke(app, ["run", str(cfg)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return tmp / "runs" / "small"

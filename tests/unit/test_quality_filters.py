@@ -1,0 +1,195 @@
+"""Quality filters on real data: dedup strengths, decontamination against GSM8K, grounding, language."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from datapipe.chunk import load_embedder
+from datapipe.config import (
+    BenchmarkConfig,
+    DecontaminationConfig,
+    FilterConfig,
+    GroundingConfig,
+    NearDedupConfig,
+    PipelineConfig,
+    SemanticDedupConfig,
+)
+from datapipe.filter import filter_samples
+from datapipe.filter.decontam import Decontaminator
+from datapipe.filter.dedup import near_duplicates, semantic_duplicates
+from datapipe.filter.grounding import check_grounding
+from datapipe.pipeline import NullProgress, apply_filters
+from datapipe.records import Message, Provenance, Reject, Sample
+
+NORWICH = (
+    "Norwich City Football Club is an English professional football club based in Norwich, Norfolk. The club was "
+    "founded in 1902 and has played its home games at Carrow Road since 1935. Norwich City is nicknamed the Canaries "
+    "and plays in yellow and green. Its fierce rivalry with Ipswich Town is known as the East Anglian derby."
+)
+
+
+def sample(i: int | str, q: str, a: str, context: str = NORWICH, kind: str = "instruction") -> Sample:
+    return Sample(
+        id=f"s{i}",
+        kind=kind,
+        instruction=q,
+        response=a,  # type: ignore[arg-type]
+        messages=[Message(role="user", content=q), Message(role="assistant", content=a)],
+        provenance=Provenance(
+            source_path="norwich-city.txt",
+            document_id="d",
+            chunk_id="c",
+            char_start=0,
+            char_end=len(context),
+            pages=[],
+            context=context,
+            teacher_calls=[],
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> object:
+    return load_embedder(None)
+
+
+def test_near_duplicates_made_by_light_edits_are_caught(corpus_docs: Path) -> None:
+    text = (corpus_docs / "norwich-city.txt").read_text(encoding="utf-8")
+    words_all = text.split()
+    paras = [" ".join(words_all[i : i + 60]) for i in range(0, 60 * 30, 60)]  # 30 distinct 60-word passages
+    base = [sample(i, f"Summarise paragraph {i} of the club history.", p) for i, p in enumerate(paras)]
+    edited = []
+    for i, p in enumerate(paras[:10]):
+        words = p.split()
+        words[len(words) // 2] = "remarkably"  # one word changed, punctuation and case shuffled
+        edited.append(sample(f"e{i}", f"summarise paragraph {i} of the club history", " ".join(words).upper()))
+    dupes = near_duplicates(base + edited, NearDedupConfig())
+    assert {k for k in dupes} == {f"se{i}" for i in range(10)}
+    assert all(dupes[f"se{i}"][0] == f"s{i}" for i in range(10))
+
+
+def test_semantic_paraphrases_caught_distinct_questions_kept(model: object) -> None:
+    samples = [
+        sample(0, "When was Norwich City founded?", "Norwich City was founded in 1902."),
+        sample(1, "Where does Norwich City play its home games?", "Norwich City plays at Carrow Road."),
+        sample(2, "What is the nickname of Norwich City?", "The club is nicknamed the Canaries."),
+        sample(3, "Who is Norwich City's main rival?", "Ipswich Town, in the East Anglian derby."),
+        sample(4, "In what year was Norwich City FC founded?", "The club was founded in 1902."),
+        sample(5, "What are Norwich City supporters and players called?", "They are known as the Canaries."),
+    ]
+    dupes = semantic_duplicates(samples, SemanticDedupConfig(), model)
+    assert {k: v[0] for k, v in dupes.items()} == {"s4": "s0", "s5": "s2"}
+
+
+def _gsm8k(shared: Path) -> list[dict[str, str]]:
+    lines = (shared / "benchmarks" / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines[:50]]
+
+
+def test_gsm8k_contamination_verbatim_and_edited(shared: Path) -> None:
+    cfg = DecontaminationConfig(
+        benchmarks=[
+            BenchmarkConfig(
+                name="gsm8k", path=str(shared / "benchmarks" / "gsm8k" / "test.jsonl"), fields=["question", "answer"]
+            )
+        ]
+    )
+    decon = Decontaminator.build(cfg, Path("."))
+    items = _gsm8k(shared)
+    verbatim = sample("v", items[3]["question"], "The answer is 42.")
+    words = items[7]["question"].split()
+    words[2] = words[2].upper()
+    words[-3] = "exactly"  # a light edit: case and one word near the end
+    edited = sample("e", " ".join(words) + " Explain.", "Let me think step by step.")
+    in_answer = sample("a", "Solve this.", items[11]["answer"])
+    unrelated = [
+        sample("u1", "A train travels 60 km per hour for 3 hours. How far does it travel in total?", "180 km."),
+        sample("u2", "Tom has 12 apples and gives a third of them to Sara. How many apples does Tom keep?", "8."),
+    ]
+    for s in (verbatim, edited, in_answer):
+        r = decon.check(s)
+        assert r is not None and r.reason == "contaminated:gsm8k", s.id
+    assert all(decon.check(s) is None for s in unrelated)
+
+
+def test_grounding_rejects_unsupported_answers(model: object) -> None:
+    grounded = sample(0, "When was the club founded?", "The club was founded in 1902.")
+    paraphrased = sample(1, "What is the stadium called?", "They play their home matches at Carrow Road stadium.")
+    unsupported = sample(2, "Who owns the club?", "The club belongs to a Japanese car maker since 1990.")
+    skill = sample(3, "Write a haiku.", "Leaves fall, quiet pond.", context="")
+    bad = check_grounding([grounded, paraphrased, unsupported, skill], GroundingConfig(), model)
+    assert set(bad) == {"s2"}
+    assert grounded.scores["grounding_lexical"] == 1.0 and "grounding_similarity" not in skill.scores
+
+
+@pytest.mark.parametrize(
+    ("q", "a", "reason"),
+    [
+        pytest.param(
+            "Wann wurde der Verein gegründet?",
+            "Der Verein wurde im Jahr 1902 in Norwich gegründet.",
+            None,
+            id="german-kept",
+        ),
+        pytest.param(
+            "Quand le club a-t-il été fondé ?",
+            "Le club a été fondé en 1902 à Norwich, en Angleterre.",
+            "wrong_language:fr",
+            id="french-rejected",
+        ),
+        pytest.param(
+            "When was the club founded in Norwich?",
+            "When was the club founded in Norwich?",
+            "copies_question",
+            id="copies-question",
+        ),
+        pytest.param("Tell me everything about the club.", NORWICH, "copies_context", id="copies-chunk"),
+    ],
+)
+def test_heuristics_language_and_copies(q: str, a: str, reason: str | None) -> None:
+    [out] = list(filter_samples([sample(0, q, a)], FilterConfig()))
+    if reason is None:
+        assert isinstance(out, Sample)
+    else:
+        assert isinstance(out, Reject) and out.reason == reason
+
+
+def test_token_bounds_use_the_tokenizer(model: object) -> None:
+    from datapipe.chunk import count_tokens
+
+    def counter(text: str) -> int:
+        return count_tokens(model.tokenizer, [text])[0]  # type: ignore[attr-defined]
+
+    long = sample(0, "Describe the club in detail please.", "Norwich City plays football. " * 60)
+    [out] = list(filter_samples([long], FilterConfig(max_response_tokens=100, max_repeated_ngram_ratio=1.0), counter))
+    assert isinstance(out, Reject) and out.reason == "too_long" and "tokens" in out.detail
+
+
+def test_apply_filters_accounts_for_every_sample(shared: Path, tmp_path: Path) -> None:
+    gsm = _gsm8k(shared)
+    cfg = PipelineConfig(
+        sources=["x"],
+        base_dir=tmp_path,
+        filter=FilterConfig(
+            decontamination=DecontaminationConfig(
+                benchmarks=[BenchmarkConfig(name="gsm8k", path=str(shared / "benchmarks" / "gsm8k" / "test.jsonl"))]
+            )
+        ),
+    )
+    samples = [
+        sample(0, "When was Norwich City founded?", "Norwich City was founded in 1902, in Norwich."),
+        sample(1, "In what year was Norwich City FC founded?", "The club was founded in 1902, in Norwich."),
+        sample(2, "Where does Norwich City play its home games?", "Norwich City plays at Carrow Road since 1935."),
+        sample(3, gsm[0]["question"], "They make 18 dollars every day at the market."),
+        sample(4, "Who owns the club?", "A Japanese car maker bought it in 1990 for ten billion yen."),
+        sample(5, "When was Norwich City founded?", "Norwich City was founded in 1902, in Norwich."),
+    ]
+    kept, rejects, dropped = apply_filters(cfg, samples, NullProgress())
+    assert len(kept) + len(rejects) == len(samples)
+    reasons = {r.record_id: r.reason for r in rejects}
+    assert reasons == {"s1": "duplicate_of:s0", "s3": "contaminated:gsm8k", "s4": "ungrounded", "s5": "duplicate_of:s0"}
+    assert [s.id for s in kept] == ["s0", "s2"]
+    assert sum(dropped.values()) == len(rejects)
