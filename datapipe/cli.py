@@ -146,19 +146,67 @@ def preference(target: Target = "pipeline.yaml") -> None:
 @app.command()
 def export(
     target: Target = "pipeline.yaml",
-    export_format: Annotated[str | None, typer.Option("--format", help="chatml | sharegpt | alpaca | dpo")] = None,
+    export_format: Annotated[
+        str | None, typer.Option("--format", help="chatml | sharegpt | alpaca | dpo | text")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default <run>/exports/<format>)")] = None,
+    split: Annotated[
+        float | None,
+        typer.Option(help="share of records in train.parquet, e.g. 0.95; the rest go to validation.parquet"),
+    ] = None,
+    max_seq_len: Annotated[
+        int | None, typer.Option("--max-seq-len", help="records with more tokens are dropped or flagged")
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="target model's tokenizer: a Hugging Face model folder or a .gguf file (default: SmolLM2)"),
+    ] = None,
+    on_too_long: Annotated[
+        str | None, typer.Option("--on-too-long", help="drop (rejects) | flag (too_long column)")
+    ] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option("--push-to-hub", metavar="REPO", help="push to this Hugging Face dataset repo")
+    ] = None,
 ) -> None:
-    """Write the kept samples as training-ready parquet."""
+    """Write the kept samples (dpo: the preference pairs) as parquet per split, with a dataset card and
+    trainer snippets (Axolotl, LLaMA-Factory, TRL) beside them."""
     from datapipe.pipeline import run_export
 
-    _stage(run_export, target, fmt=export_format, out=str(out) if out else None)
+    _stage(
+        run_export,
+        target,
+        fmt=export_format,
+        out=str(out) if out else None,
+        split=split,
+        max_seq_len=max_seq_len,
+        tokenizer=str(Path(tokenizer).expanduser().resolve()) if tokenizer else None,
+        on_too_long=on_too_long,
+        push_to_hub=push_to_hub,
+    )
     from datapipe.pipeline import store_for
     from datapipe.runs import load_target
 
     m = store_for(load_target(target)).read_manifest("export")
-    if m:
-        console.print(f"training data: [bold]{m['path']}[/] ({m['counts']['out']} rows, format {m['format']})")
+    if not m:
+        return
+    console.print(f"training data: [bold]{m['path']}[/] ({m['counts']['out']} rows, format {m['format']})")
+    splits = m.get("splits") or {}
+    if len(splits) > 1:
+        console.print("splits: " + ", ".join(f"{s} {n}" for s, n in splits.items()))
+    lengths, tok = m.get("token_lengths"), m.get("tokenizer") or {}
+    if lengths:
+        stats = ", ".join(f"{k} {lengths[k]}" for k in ("min", "median", "p95", "max"))
+        line = f"token lengths ({tok.get('name')}): {stats}"
+        if m.get("max_seq_len"):
+            drop = m.get("on_too_long") == "drop"
+            n = m["counts"]["rejected"] if drop else m.get("flagged_too_long", 0)
+            line += f"; over max_seq_len {m['max_seq_len']}: {n} {'dropped' if drop else 'flagged'}"
+        console.print(line, highlight=False)
+    if m.get("card"):
+        names = ", ".join(Path(p).name for p in [m["card"], *m.get("snippets", {}).values()])
+        console.print(f"beside it: {names}", highlight=False)
+    if m.get("hub"):
+        console.print(f"pushed to {m['hub']}")
 
 
 @app.command()

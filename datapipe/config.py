@@ -216,9 +216,35 @@ class FilterConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    format: Literal["chatml", "sharegpt", "alpaca", "dpo"] = "chatml"
+    """Training-ready parquet per split, with a dataset card and trainer snippets beside it."""
+
+    format: Literal["chatml", "sharegpt", "alpaca", "dpo", "text"] = "chatml"
     system_prompt: str | None = None
     out: str | None = Field(None, description="default: <run>/exports/<format>/")
+    split: float = Field(
+        1.0, gt=0, le=1, description="share of records in train.parquet (stable hash of the id); rest: validation"
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="the target model's tokenizer: a local Hugging Face model folder or a .gguf file "
+        "(default: the embedded SmolLM2 GGUF); renders format text and counts tokens",
+    )
+    token_lengths: bool = Field(True, description="count each record's tokens with the tokenizer")
+    max_seq_len: int | None = Field(None, ge=1, description="records with more tokens are dropped or flagged")
+    on_too_long: Literal["drop", "flag"] = Field(
+        "drop", description="drop: rejects too_long_for_max_seq_len; flag: n_tokens and too_long columns"
+    )
+    license: str = Field("other", description="dataset card licence, e.g. apache-2.0, cc-by-4.0, other")
+    language: list[str] = Field([], description="dataset card languages, e.g. [en]")
+    pretty_name: str | None = Field(None, description="dataset card title")
+    push_to_hub: str | None = Field(None, description="Hugging Face dataset repo id to push the export to")
+    hub_private: bool = Field(True, description="create the hub repo as private")
+
+    @model_validator(mode="after")
+    def _lengths_for_limit(self) -> ExportConfig:
+        if self.max_seq_len is not None and not self.token_lengths:
+            raise ValueError("export.max_seq_len needs export.token_lengths: true (tokens must be counted)")
+        return self
 
 
 class PipelineConfig(_Strict):

@@ -499,38 +499,89 @@ def run_preference(cfg: PipelineConfig, progress: Progress | None = None) -> dic
 
 
 def run_export(
-    cfg: PipelineConfig, fmt: str | None = None, out: str | None = None, progress: Progress | None = None
+    cfg: PipelineConfig,
+    fmt: str | None = None,
+    out: str | None = None,
+    progress: Progress | None = None,
+    *,
+    split: float | None = None,
+    max_seq_len: int | None = None,
+    tokenizer: str | None = None,
+    on_too_long: str | None = None,
+    push_to_hub: str | None = None,
 ) -> dict[str, Any]:
-    from datapipe.export import export_samples
+    """Write the kept samples (format dpo: the preference pairs) as parquet per split, with a dataset card
+    and trainer snippets; records over ``max_seq_len`` tokens become rejects or are flagged.
+
+    Keyword arguments override the ``export:`` config section (the CLI's options). Token counts
+    are kept in the run store (``exports/_index/``, with the too-long rejects), so re-exporting
+    the same records with the same tokenizer and settings does not tokenize again.
+    """
+    import pyarrow as pa
+    from pydantic import ValidationError
+
+    from datapipe.config import ExportConfig
+    from datapipe.errors import ConfigError
+    from datapipe.export import ExportOptions, TokenCount, collect_run_facts, export_records, tokenizer_fingerprint
+    from datapipe.export import push_to_hub as push
+    from datapipe.export.tokenizer import resolve_tokenizer_path
+    from datapipe.records import PreferencePair
 
     progress = progress or NullProgress()
     store = store_for(cfg)
-    fmt = fmt or cfg.export.format
+    given = {"format": fmt, "split": split, "max_seq_len": max_seq_len, "tokenizer": tokenizer}
+    given |= {"on_too_long": on_too_long, "push_to_hub": push_to_hub}
+    try:
+        ecfg = ExportConfig(**{**cfg.export.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    except ValidationError as err:
+        problems = "; ".join(f"export.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid export settings: {problems}") from None
+    fmt = ecfg.format
+    out_dir = Path(out) if out else (cfg.resolve(ecfg.out) if ecfg.out else store.root / "exports" / fmt)
+    options = ExportOptions(
+        fmt=fmt,
+        system_prompt=ecfg.system_prompt,
+        split=ecfg.split,
+        tokenizer=str(cfg.resolve(ecfg.tokenizer)) if ecfg.tokenizer else None,
+        token_lengths=ecfg.token_lengths,
+        max_seq_len=ecfg.max_seq_len,
+        on_too_long=ecfg.on_too_long,
+        license=ecfg.license,
+        language=tuple(ecfg.language),
+        pretty_name=ecfg.pretty_name or f"datapipe {cfg.run_id} ({fmt})",
+    )
+    in_stage, record_type = ("preference", PreferencePair) if fmt == "dpo" else ("filter", Sample)
+    in_keys = store.current_keys(in_stage)
+    measured = fmt == "text" or ecfg.token_lengths
+    tok_id = tokenizer_fingerprint(resolve_tokenizer_path(options.tokenizer)) if measured else None
+    lengths_hash = content_id(options.length_settings(), tok_id, length=16)
+    rec = StageRecorder(store, "export", content_id(lengths_hash, ecfg.split, ecfg.license, length=16))
+    key = f"_index/{fmt}-{content_id(in_keys, lengths_hash, length=16)}"
+    reused = store.has_shard("export", key)
+    known = {c.id: c.n_tokens for c in store.read_shard("export", key, TokenCount)} if reused else None
+    records: list[Any] = list(store.iter_records(in_stage, record_type))
+    progress.start("export", len(records))
     t0 = time.perf_counter()
-    out_dir = Path(out) if out else (cfg.resolve(cfg.export.out) if cfg.export.out else store.root / "exports" / fmt)
-    if fmt == "dpo":
-        from datapipe.export import export_pairs
-        from datapipe.records import PreferencePair
-
-        pairs = list(store.iter_records("preference", PreferencePair))
-        samples: list[Any] = pairs
-        progress.start("export", len(pairs))
-        path = export_pairs(pairs, out_dir, cfg.export.system_prompt)
-    else:
-        samples = list(store.iter_records("filter", Sample))
-        progress.start("export", len(samples))
-        path = export_samples(samples, fmt, out_dir, cfg.export.system_prompt)
-    progress.advance("export", len(samples))
+    result = export_records(
+        records,
+        options,
+        out_dir,
+        facts=collect_run_facts(store, cfg.run_id, cfg.sources),
+        known_lengths=known,
+        on_advance=lambda n: progress.advance("export", n),
+    )
+    if not reused:
+        counts = pa.table(
+            {"id": list(result.n_tokens), "n_tokens": list(result.n_tokens.values())}, schema=TokenCount.schema_
+        )
+        store.write_shard("export", key, counts, result.rejects)
+    rec.add(key, in_keys, result.n_in, result.n_out, len(result.rejects), time.perf_counter() - t0, reused)
+    rec.extra.update(result.manifest_fields())
     progress.done("export")
-    manifest = {
-        "stage": "export",
-        "format": fmt,
-        "path": str(path),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "counts": {"in": len(samples), "out": len(samples), "rejected": 0},
-        "rejects_by_reason": {},
-    }
-    store.write_manifest("export", manifest)
+    manifest = rec.finish()
+    if ecfg.push_to_hub:
+        manifest["hub"] = push(result, ecfg.push_to_hub, private=ecfg.hub_private)
+        store.write_manifest("export", manifest)
     return manifest
 
 

@@ -11,6 +11,18 @@ LLAMA_VERSION=0.3.36
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 STAMP="$VENV/.setup-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 
+# Headless Chromium renders the HTML report in tests (tests/integration/test_report.py).
+# Checked before the up-to-date stamp: a fresh machine may reuse a cached .venv.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium (apt)"
+    apt-get update -q && apt-get install -y -q --no-install-recommends chromium
+  else
+    echo "setup: warning: chromium is missing and this is not root on a Debian/Ubuntu system;" \
+      "install it (sudo apt-get install --no-install-recommends chromium) or the report test fails" >&2
+  fi
+fi
+
 if [ -f "$STAMP" ]; then
   echo "setup: $VENV is up to date"
   exit 0

@@ -208,13 +208,14 @@ def _nodata(why: str) -> str:
     return f'<p class="nodata">no data: {html.escape(why)}</p>'
 
 
-def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], numeric_from: int = 1) -> str:
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    """An HTML table; numbers are right-aligned and thousands-separated."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []
     for row in rows:
         cells = []
-        for i, v in enumerate(row):
-            cls = ' class="num"' if i >= numeric_from else ""
+        for v in row:
+            cls = ' class="num"' if isinstance(v, int | float) and not isinstance(v, bool) else ""
             cells.append(f"<td{cls}>{html.escape(_fmt(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -229,33 +230,53 @@ def _fmt(v: Any) -> str:
 
 
 def _short_paths(paths: Iterable[str]) -> dict[str, str]:
-    """Source paths relative to their common folder, so chart labels stay readable."""
+    """The shortest path suffix that still tells each source apart, so chart labels stay readable."""
     unique = sorted(set(paths))
-    if not unique:
-        return {}
-    try:
-        base = os.path.commonpath([os.path.dirname(p) for p in unique])
-    except ValueError:
-        base = ""
+    parts = {p: Path(p).parts for p in unique}
     out = {}
     for p in unique:
-        rel = os.path.relpath(p, base) if base else p
-        out[p] = rel if len(rel) <= 48 else "…" + rel[-47:]
+        n = 1
+        while n < len(parts[p]) and sum(1 for q in unique if parts[q][-n:] == parts[p][-n:]) > 1:
+            n += 1
+        label = "/".join(parts[p][-n:])
+        out[p] = label if len(label) <= 48 else "…" + label[-47:]
     return out
 
 
 def _hist(ax: Axes, series: list[tuple[str, list[float], str]], bins: int = 30) -> None:
-    """Overlaid histograms over shared bins (integer-valued data gets one bar per value)."""
+    """Overlaid histograms over shared bins.
+
+    Integer data on a small range (judge ratings) gets one bar per value over at least 1-5,
+    data within 0-1 (similarities, ratios) is shown over all of 0-1, so the scale is visible.
+    """
     values = [v for _, vs, _ in series for v in vs]
+    if not values:
+        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        return
     lo, hi = min(values), max(values)
+    rwidth = None
     if all(float(v).is_integer() for v in values) and hi - lo <= 12:
+        if 0 <= lo and hi <= 5:
+            lo, hi = min(lo, 1.0), 5.0
         edges = [lo - 0.5 + i for i in range(int(hi - lo) + 2)]
+        rwidth = 0.8
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    elif 0 <= lo and hi <= 1:
+        edges = [i / 20 for i in range(21)]
     else:
         width = (hi - lo) / bins if hi > lo else 1.0
         edges = [lo + i * width for i in range(bins + 1)] if hi > lo else [lo - 0.5, lo + 0.5]
     for label, vs, colour in series:
         if vs:
-            ax.hist(vs, bins=edges, alpha=0.65, label=f"{label} (n={len(vs)})", color=colour, edgecolor="white")
+            ax.hist(
+                vs,
+                bins=edges,
+                alpha=0.65,
+                label=f"{label} (n={len(vs)})",
+                color=colour,
+                edgecolor="white",
+                rwidth=rwidth,
+            )
     ax.legend(frameon=False, fontsize=9)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -303,7 +324,7 @@ def section_stages(data: RunData, facts: dict[str, Any]) -> Section:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(frameon=False, fontsize=9)
     body.append(_img(fig, "records in, out and rejected per stage"))
-    body.append(_table(["stage", "out are", "in", "out", "rejected", "seconds"], rows, numeric_from=2))
+    body.append(_table(["stage", "out are", "in", "out", "rejected", "seconds"], rows))
     if missing:
         body.append(f'<p class="note">stages that have not run: {html.escape(", ".join(missing))}</p>')
     return Section(
@@ -338,7 +359,7 @@ def section_rejects(data: RunData, facts: dict[str, Any]) -> Section:
         "rejects",
         "Rejects by reason",
         intro,
-        [_img(fig, "rejects by stage and reason"), _table(["stage", "reason", "count"], ordered, numeric_from=2)],
+        [_img(fig, "rejects by stage and reason"), _table(["stage", "reason", "count"], ordered)],
     )
 
 
@@ -387,17 +408,22 @@ def section_scores(data: RunData, facts: dict[str, Any]) -> Section:
     body: list[str] = []
     keys = sorted({k for s in (*data.kept, *data.dropped_by_filter) for k in s.scores})
     facts["scores"] = {}
-    for key in keys:
-        kept = [s.scores[key] for s in data.kept if key in s.scores]
-        dropped = [s.scores[key] for s in data.dropped_by_filter if key in s.scores]
-        facts["scores"][key] = {"kept": len(kept), "rejected": len(dropped)}
-        fig, ax = _figure(9, 2.8)
-        _hist(ax, [("kept", kept, KEPT), ("rejected", dropped, DROPPED)])
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("score")
-        ax.set_ylabel("samples")
-        body.append(_img(fig, f"{key} score histogram"))
-    if not keys:
+    if keys:
+        rows = (len(keys) + 1) // 2
+        fig = Figure(figsize=(10, 2.9 * rows), layout="constrained")
+        axes = fig.subplots(rows, 2, squeeze=False).flatten()
+        for ax, key in zip(axes, keys, strict=False):
+            kept = [s.scores[key] for s in data.kept if key in s.scores]
+            dropped = [s.scores[key] for s in data.dropped_by_filter if key in s.scores]
+            facts["scores"][key] = {"kept": len(kept), "rejected": len(dropped)}
+            ax.spines[["top", "right"]].set_visible(False)
+            _hist(ax, [("kept", kept, KEPT), ("rejected", dropped, DROPPED)])
+            ax.set_title(key, fontsize=10)
+            ax.set_ylabel("samples")
+        for ax in axes[len(keys) :]:
+            ax.set_visible(False)
+        body.append(_img(fig, "score histograms: " + ", ".join(keys)))
+    else:
         body.append(_nodata("no sample carries a score (the judge scores only the kinds in filter.judge.kinds)"))
     if data.pairs:
         facts["scores"]["preference"] = {"pairs": len(data.pairs)}
@@ -463,13 +489,15 @@ def section_duplicates(data: RunData, facts: dict[str, Any]) -> Section:
     fig, ax = _figure(9, 3.0)
     groups = sorted(sizes)
     all_sizes = sorted({n for c in sizes.values() for n in c})
-    w = 0.8 / len(groups)
+    w = 0.6 / len(groups)
     palette = [STAGE_COLOURS["extract"], STAGE_COLOURS["filter"], STAGE_COLOURS["preference"], KEPT, ALL]
     for gi, g in enumerate(groups):
         xs = [i + (gi - (len(groups) - 1) / 2) * w for i in range(len(all_sizes))]
-        bars = ax.bar(xs, [sizes[g][n] for n in all_sizes], w, label=g, color=palette[gi % len(palette)])
-        ax.bar_label(bars, fontsize=8, padding=1)
+        counts = [sizes[g][n] for n in all_sizes]
+        bars = ax.bar(xs, counts, w, label=g, color=palette[gi % len(palette)])
+        ax.bar_label(bars, [str(c) if c else "" for c in counts], fontsize=8, padding=1)
     ax.set_xticks(range(len(all_sizes)), [str(n) for n in all_sizes])
+    ax.set_xlim(-0.8, max(len(all_sizes), 4) - 0.2)
     ax.set_xlabel("cluster size (records)")
     ax.set_ylabel("clusters")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -488,7 +516,7 @@ def section_duplicates(data: RunData, facts: dict[str, Any]) -> Section:
             _img(fig, "duplicate cluster sizes"),
             f'<p class="note">{len(clusters):,} clusters, {sum(clusters.values()):,} duplicates rejected; '
             "the largest:</p>",
-            _table(["stage", "kind", "representative", "size", "representative text"], rows, numeric_from=3),
+            _table(["stage", "kind", "representative", "size", "representative text"], rows),
         ],
     )
 
@@ -509,7 +537,7 @@ def _coverage_chart(labels: list[str], series: list[tuple[str, list[int], str]],
     ax.invert_yaxis()
     ax.set_xlabel(unit)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(frameon=False, fontsize=9, loc="lower right")
+    ax.legend(frameon=False, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _img(fig, alt)
 
 
@@ -592,7 +620,7 @@ def section_tokens(data: RunData, facts: dict[str, Any]) -> Section:
         ]
         if len(usage) > 1:
             rows.append(["total", "", *(sum(t.get(k, 0) for _, t in usage) for k, _ in TEACHER_COLUMNS)])
-        body.append(_table(["stage", "teacher", *(label for _, label in TEACHER_COLUMNS)], rows, numeric_from=2))
+        body.append(_table(["stage", "teacher", *(label for _, label in TEACHER_COLUMNS)], rows))
         body.append(
             '<p class="note">Teacher statistics of each stage\'s latest execution: a re-run that reuses its shards '
             "or answers from the response cache spends no new tokens.</p>"

@@ -46,6 +46,8 @@ def pref_run(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
                 "candidates": [{"max_new_tokens": 48, "temperature": 0.2}, {"max_new_tokens": 48, "temperature": 1.5}],
             },
         },
+        # pairs are what this tests: keep the weak teacher's samples (the filters are tested on their own)
+        filter={"grounding": {"enabled": False}, "languages": []},
     )
     result = runner.invoke(app, ["run", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
