@@ -209,3 +209,34 @@ def test_parse_rating(reply: str, score: float) -> None:
 def test_parse_rating_refuses(reply: str) -> None:
     with pytest.raises(ValueError):
         parse_rating(reply)
+
+
+def test_second_model_candidates_are_recorded(llama_server: LlamaServer, tmp_path: Path) -> None:
+    """A second model (here the same GGUF served by llama.cpp, standing for the student) adds a candidate."""
+    teacher = Teacher(TeacherConfig(), tmp_path / "cache.sqlite")  # the embedded teacher writes and judges
+    student_cfg = TeacherConfig(backend="openai", model="smollm2", base_url=llama_server.base_url)
+    student = Teacher(student_cfg, tmp_path / "cache.sqlite")
+    cfg = PreferenceConfig(
+        enabled=True,
+        candidates=[GenerationParams(max_new_tokens=24, temperature=0.2)],
+        second_model=student_cfg,
+        second_model_params=GenerationParams(max_new_tokens=24),
+    )
+    gen = PreferenceGenerator(cfg, teacher, load_prompt("preference_judge"), student)
+    before = llama_server.chat_requests()
+
+    async def go() -> PreferencePair | Reject:
+        async with teacher.session(), student.session():
+            return await gen.for_sample(_sample())
+
+    out = asyncio.run(go())
+    assert llama_server.chat_requests() == before + 1  # only the student's candidate went to the server
+    cands = (
+        out.candidates
+        if isinstance(out, PreferencePair)
+        else [Candidate(**c) for c in json.loads(out.payload)["candidates"]]
+    )
+    assert [c.source for c in cands] == ["original", "teacher", "second_model"]
+    assert cands[2].backend == "openai" and cands[2].model == "smollm2"
+    assert cands[1].backend == "llamacpp" and json.loads(cands[1].params)["temperature"] == 0.2
+    assert all(c.judge_raw for c in cands)
