@@ -193,6 +193,8 @@ def export(
     splits = m.get("splits") or {}
     if len(splits) > 1:
         console.print("splits: " + ", ".join(f"{s} {n}" for s, n in splits.items()))
+    for empty in m.get("empty_splits", []):
+        console.print(f"note: split {empty} has no records, so {empty}.parquet was not written", highlight=False)
     lengths, tok = m.get("token_lengths"), m.get("tokenizer") or {}
     if lengths:
         stats = ", ".join(f"{k} {lengths[k]}" for k in ("min", "median", "p95", "max"))
