@@ -13,12 +13,13 @@ extracted once with ``datapipe.extract.extract_file`` (untimed). Then, per docum
   one ``encode`` call per document as the chunker makes.
 
 Both sides are credited with the same sentence count, ``len(split_sentences(doc))``.
-The document list is repeated until one model-alone pass takes a few seconds;
-after an untimed warm-up the sides alternate for several rounds (the order flips
-each round), within a time budget. The headline figures are best-of-rounds (each
-side's fastest pass): torch uses every core, so anything else running on a
-2-core machine slows single passes several-fold. The mean over all rounds and
-the median of the per-round ratios are printed as well.
+The document list is repeated until one model-alone pass takes a few seconds.
+After an untimed warm-up, several rounds run within a time budget. In each round
+the two sides take turns document by document, and which side goes first flips
+every document and every round. Torch uses every core, so anything else running
+on a 2-core machine slows a pass several-fold; with turns this fine-grained, such
+slowdowns hit both sides alike. The headline figures are totals over all rounds.
+Best-of-rounds figures and the median of the per-round ratios are printed as well.
 
 Run from the project root:  .venv/bin/python bench/bench_chunk.py [--rounds N] [--budget-s S] [--min-pass-s S]
 Last line:  RESULT bench_chunk ratio=<datapipe/model-alone> ...
@@ -40,6 +41,8 @@ os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 
+T_START = time.perf_counter()
+LOAD_WARN = 2.5  # torch alone keeps both cores busy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -52,10 +55,19 @@ def docs_dir() -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--budget-s", type=float, default=75.0,
-                    help="start no new round after this many seconds of timed rounds (at least 2 rounds run)")
-    ap.add_argument("--min-pass-s", type=float, default=4.0,
-                    help="repeat the documents until one model-alone pass takes at least this long")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=150.0,
+        help="start no round that would end later than this many seconds after the script started "
+        "(the first round always runs)",
+    )
+    ap.add_argument(
+        "--min-pass-s",
+        type=float,
+        default=4.0,
+        help="repeat the documents until one model-alone pass takes at least this long",
+    )
     args = ap.parse_args()
 
     from datapipe.chunk import SemanticChunker, default_model_path, load_embedder, split_sentences
@@ -63,7 +75,8 @@ def main() -> int:
     from datapipe.extract import SourceFile, extract_file
     from datapipe.records import Document
 
-    print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    load_start = os.getloadavg()[0]
+    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
     folder = docs_dir()
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     docs: list[Document] = []
@@ -81,48 +94,55 @@ def main() -> int:
     model = load_embedder(None)
     texts_per_doc = [[d.text[s.start : s.end] for s in split_sentences(d)] for d in docs]
     sents_per_pass = sum(len(t) for t in texts_per_doc)
-    print(f"model: {default_model_path()}, torch threads: {_torch_threads()}, sentences per document pass: "
-          f"{sents_per_pass}")
+    print(
+        f"model: {default_model_path()}, torch threads: {_torch_threads()}, sentences per document pass: "
+        f"{sents_per_pass}"
+    )
 
-    def run_datapipe(workload: list[Document]) -> int:
-        return sum(len(chunker.chunk(d)) for d in workload)
+    def run_datapipe(doc: Document) -> int:
+        return len(chunker.chunk(doc))
 
-    def run_model(workload: list[list[str]]) -> None:
-        for texts in workload:
-            model.encode(texts, batch_size=cfg.batch_size, normalize_embeddings=True,
-                         convert_to_numpy=True, show_progress_bar=False)
+    def run_model(texts: list[str]) -> None:
+        model.encode(
+            texts, batch_size=cfg.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
 
     # warm-up, and calibrate how many times to repeat the documents
-    n_chunks = run_datapipe(docs)
+    n_chunks = sum(run_datapipe(d) for d in docs)
     t0 = time.perf_counter()
-    run_model(texts_per_doc)
+    for texts in texts_per_doc:
+        run_model(texts)
     one = time.perf_counter() - t0
     reps = max(1, math.ceil(args.min_pass_s / max(one, 1e-3)))
-    dp_work = docs * reps
-    model_work = texts_per_doc * reps
+    work = list(zip(docs, texts_per_doc, strict=True)) * reps
     sents = sents_per_pass * reps
-    print(f"warm-up model pass {one:.2f}s -> repeating the documents {reps}x: {sents} sentences per timed pass "
-          f"({n_chunks * reps} chunks)")
+    print(
+        f"warm-up model pass {one:.2f}s -> repeating the documents {reps}x: {sents} sentences per timed pass "
+        f"({n_chunks * reps} chunks)"
+    )
 
     t_dp: list[float] = []
     t_m: list[float] = []
-    budget_end = time.perf_counter() + args.budget_s
     for r in range(args.rounds):
-        if r >= 2 and time.perf_counter() > budget_end:
-            print(f"time budget of {args.budget_s:.0f}s spent: stopping after {r} rounds")
+        if r and time.perf_counter() - T_START + (sum(t_dp) + sum(t_m)) / r > args.budget_s:
+            print(f"time budget of {args.budget_s:.0f}s would be exceeded: stopping after {r} round(s)")
             break
-        order = [("datapipe", lambda: run_datapipe(dp_work)), ("model", lambda: run_model(model_work))]
-        if r % 2:
-            order.reverse()
-        times: dict[str, float] = {}
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            times[name] = time.perf_counter() - t0
+        times = {"datapipe": 0.0, "model": 0.0}
+        for k, (doc, texts) in enumerate(work):
+            order = ["datapipe", "model"] if (r + k) % 2 == 0 else ["model", "datapipe"]
+            for name in order:
+                t0 = time.perf_counter()
+                if name == "datapipe":
+                    run_datapipe(doc)
+                else:
+                    run_model(texts)
+                times[name] += time.perf_counter() - t0
         t_dp.append(times["datapipe"])
         t_m.append(times["model"])
-        print(f"round {r + 1}: datapipe {times['datapipe']:.2f}s ({sents / times['datapipe']:.1f} sent/s), "
-              f"model alone {times['model']:.2f}s ({sents / times['model']:.1f} sent/s)")
+        print(
+            f"round {r + 1}: datapipe {times['datapipe']:.2f}s ({sents / times['datapipe']:.1f} sent/s), "
+            f"model alone {times['model']:.2f}s ({sents / times['model']:.1f} sent/s)"
+        )
 
     n = len(t_dp)
     dp_best, m_best = sents / min(t_dp), sents / min(t_m)
@@ -130,12 +150,23 @@ def main() -> int:
     median_ratio = statistics.median(m / d for d, m in zip(t_dp, t_m, strict=True))
     print(f"datapipe chunker: best {dp_best:.1f} sentences/s, mean {dp_mean:.1f} ({sents * n} in {sum(t_dp):.2f}s)")
     print(f"model alone:      best {m_best:.1f} sentences/s, mean {m_mean:.1f} ({sents * n} in {sum(t_m):.2f}s)")
-    print(f"ratio datapipe/model: best-of {dp_best / m_best:.2f}, mean {dp_mean / m_mean:.2f}, "
-          f"median of rounds {median_ratio:.2f}")
-    print(f"load average at end: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
-    print(f"RESULT bench_chunk ratio={dp_best / m_best:.2f} datapipe_sent_per_s={dp_best:.1f} "
-          f"model_sent_per_s={m_best:.1f} mean_ratio={dp_mean / m_mean:.2f} median_ratio={median_ratio:.2f} "
-          f"sentences={sents} docs={len(docs)}x{reps} rounds={n}")
+    print(
+        f"ratio datapipe/model: best-of {dp_best / m_best:.2f}, mean {dp_mean / m_mean:.2f}, "
+        f"median of rounds {median_ratio:.2f}"
+    )
+    load_end = os.getloadavg()[0]
+    print(f"load average at end: {load_end:.2f} (cores: {os.cpu_count()})")
+    if load_start > 1.0 or load_end > LOAD_WARN:
+        print(
+            f"WARNING: other work was running on this {os.cpu_count()}-core machine (1-minute load average "
+            f"{load_start:.2f} at start, {load_end:.2f} at end; expected under 1.0 and {LOAD_WARN}): "
+            f"these figures are unreliable, run again on an idle machine"
+        )
+    print(
+        f"RESULT bench_chunk ratio={dp_mean / m_mean:.2f} datapipe_sent_per_s={dp_mean:.1f} "
+        f"model_sent_per_s={m_mean:.1f} best_ratio={dp_best / m_best:.2f} median_ratio={median_ratio:.2f} "
+        f"sentences={sents} docs={len(docs)}x{reps} rounds={n} load={load_start:.2f}/{load_end:.2f}"
+    )
     return 0
 
 

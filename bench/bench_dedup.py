@@ -46,8 +46,16 @@ def make_samples(n: int, dup_share: float, seed: int = 0) -> tuple[list[Sample],
     vocab = vocabulary()
     out: list[Sample] = []
     planted = 0
-    prov = Provenance(source_path="bench", document_id="d", chunk_id="c", char_start=0, char_end=0, pages=[],
-                      context="", teacher_calls=[])
+    prov = Provenance(
+        source_path="bench",
+        document_id="d",
+        chunk_id="c",
+        char_start=0,
+        char_end=0,
+        pages=[],
+        context="",
+        teacher_calls=[],
+    )
     for i in range(n):
         if out and rng.random() < dup_share:
             src = out[rng.randrange(len(out))]
@@ -58,9 +66,16 @@ def make_samples(n: int, dup_share: float, seed: int = 0) -> tuple[list[Sample],
         else:
             q = " ".join(rng.choice(vocab) for _ in range(10)) + "?"
             a = " ".join(rng.choice(vocab) for _ in range(40)) + "."
-        out.append(Sample(id=f"s{i}", kind="instruction", instruction=q, response=a,
-                          messages=[Message(role="user", content=q), Message(role="assistant", content=a)],
-                          provenance=prov))
+        out.append(
+            Sample(
+                id=f"s{i}",
+                kind="instruction",
+                instruction=q,
+                response=a,
+                messages=[Message(role="user", content=q), Message(role="assistant", content=a)],
+                provenance=prov,
+            )
+        )
     return out, planted
 
 
@@ -80,8 +95,10 @@ def main() -> None:
     near = near_duplicates(samples, NearDedupConfig())
     near_s = time.perf_counter() - t0
     near_mb = rss_mb() - base
-    print(f"near-dup: {args.near} samples, {planted} planted edits, {len(near)} found in {near_s:.1f} s, "
-          f"peak RSS +{near_mb:.0f} MB")
+    print(
+        f"near-dup: {args.near} samples, {planted} planted edits, {len(near)} found in {near_s:.1f} s, "
+        f"peak RSS +{near_mb:.0f} MB"
+    )
 
     model = load_embedder(None)
     sem_samples, sem_planted = make_samples(args.semantic, 0.1, seed=1)
@@ -90,11 +107,15 @@ def main() -> None:
     sem = semantic_duplicates(sem_samples, SemanticDedupConfig(), model)
     sem_s = time.perf_counter() - t0
     sem_mb = rss_mb() - base
-    print(f"semantic: {args.semantic} samples, {sem_planted} planted edits, {len(sem)} found in {sem_s:.1f} s, "
-          f"peak RSS +{sem_mb:.0f} MB (includes embedding {args.semantic} texts on CPU)")
-    print(f"RESULT bench_dedup near_n={args.near} near_s={near_s:.1f} near_found={len(near)} near_planted={planted} "
-          f"near_rss_mb={near_mb:.0f} semantic_n={args.semantic} semantic_s={sem_s:.1f} semantic_found={len(sem)} "
-          f"semantic_rss_mb={sem_mb:.0f}")
+    print(
+        f"semantic: {args.semantic} samples, {sem_planted} planted edits, {len(sem)} found in {sem_s:.1f} s, "
+        f"peak RSS +{sem_mb:.0f} MB (includes embedding {args.semantic} texts on CPU)"
+    )
+    print(
+        f"RESULT bench_dedup near_n={args.near} near_s={near_s:.1f} near_found={len(near)} near_planted={planted} "
+        f"near_rss_mb={near_mb:.0f} semantic_n={args.semantic} semantic_s={sem_s:.1f} semantic_found={len(sem)} "
+        f"semantic_rss_mb={sem_mb:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ user would call it (``strategy="fast"``, ``languages=["eng"]`` for PDFs).
 Both sides run in the same process on the same files and are credited with the
 same page count: datapipe's ``n_pages`` per file (1 when it has none). Files
 datapipe rejects count as 0 pages on both sides but are still processed by both.
-After one untimed warm-up of each side (model and parser loading), the two sides
-alternate for several rounds (the order flips each round), within a time budget.
-The headline figures are best-of-rounds (each side's fastest pass), which is the
-least disturbed by other work on a 2-core machine; the mean over all rounds and
-the median of the per-round ratios are printed as well.
+After one untimed warm-up of each side (model and parser loading), several rounds
+run within a time budget. In each round the two sides take turns file by file,
+and which side goes first flips every file and every round, so a burst of other
+work on a 2-core machine slows both sides alike. The headline figures are totals
+over all rounds. Best-of-rounds figures, the median of the per-round ratios and
+a per-file breakdown are printed as well.
 
 Run from the project root:  .venv/bin/python bench/bench_extract.py [--rounds N] [--budget-s S]
 Last line:  RESULT bench_extract ratio=<datapipe/unstructured> ...
@@ -35,6 +36,8 @@ os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 
+T_START = time.perf_counter()
+LOAD_WARN = 1.5  # this script alone keeps about one core busy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -51,8 +54,13 @@ def list_files(folder: Path) -> list[Path]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--budget-s", type=float, default=75.0,
-                    help="start no new round after this many seconds of timed rounds (at least 2 rounds run)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=150.0,
+        help="start no round that would end later than this many seconds after the script started "
+        "(the first round always runs)",
+    )
     args = ap.parse_args()
 
     from unstructured.partition.auto import partition
@@ -63,36 +71,25 @@ def main() -> int:
 
     _ensure_offline_spacy()
     cfg = ExtractConfig()
-    print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    load_start = os.getloadavg()[0]
+    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
     folder = docs_dir()
     files = list_files(folder)
     print(f"documents: {folder} ({len(files)} files)")
 
-    per_file: dict[str, dict[str, float]] = {"datapipe": {}, "unstructured": {}}
-    timing = False
+    def datapipe_one(p: Path) -> Document | Reject:
+        return extract_file(SourceFile(p), cfg)
 
-    def note(side: str, p: Path, t0: float) -> None:
-        if timing:
-            per_file[side][p.name] = per_file[side].get(p.name, 0.0) + time.perf_counter() - t0
+    def unstructured_one(p: Path) -> list[Any]:
+        if p.suffix.lower() == ".pdf":
+            return list(partition(filename=str(p), strategy=cfg.pdf_strategy, languages=["eng"]))
+        return list(partition(filename=str(p)))
 
     def run_datapipe() -> list[Document | Reject]:
-        out: list[Document | Reject] = []
-        for p in files:
-            t0 = time.perf_counter()
-            out.append(extract_file(SourceFile(p), cfg))
-            note("datapipe", p, t0)
-        return out
+        return [datapipe_one(p) for p in files]
 
     def run_unstructured() -> list[list[Any]]:
-        out: list[list[Any]] = []
-        for p in files:
-            t0 = time.perf_counter()
-            if p.suffix.lower() == ".pdf":
-                out.append(list(partition(filename=str(p), strategy=cfg.pdf_strategy, languages=["eng"])))
-            else:
-                out.append(list(partition(filename=str(p))))
-            note("unstructured", p, t0)
-        return out
+        return [unstructured_one(p) for p in files]
 
     t0 = time.perf_counter()
     warm_dp = run_datapipe()
@@ -111,27 +108,32 @@ def main() -> int:
         else:
             print(f"  {p.name:32s} REJECT {out.reason}: {out.detail}  elements={len(els)}")
     print(f"pages per pass: {pages}")
-    timing = True
 
+    per_file: dict[str, dict[str, float]] = {"datapipe": {}, "unstructured": {}}
     t_dp: list[float] = []
     t_un: list[float] = []
-    budget_end = time.perf_counter() + args.budget_s
     for r in range(args.rounds):
-        if r >= 2 and time.perf_counter() > budget_end:
-            print(f"time budget of {args.budget_s:.0f}s spent: stopping after {r} rounds")
+        if r and time.perf_counter() - T_START + (sum(t_dp) + sum(t_un)) / r > args.budget_s:
+            print(f"time budget of {args.budget_s:.0f}s would be exceeded: stopping after {r} round(s)")
             break
-        order = [("datapipe", run_datapipe), ("unstructured", run_unstructured)]
-        if r % 2:
-            order.reverse()
-        times: dict[str, float] = {}
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            times[name] = time.perf_counter() - t0
+        times = {"datapipe": 0.0, "unstructured": 0.0}
+        for k, p in enumerate(files):
+            order = ["datapipe", "unstructured"] if (r + k) % 2 == 0 else ["unstructured", "datapipe"]
+            for name in order:
+                t0 = time.perf_counter()
+                if name == "datapipe":
+                    datapipe_one(p)
+                else:
+                    unstructured_one(p)
+                dt = time.perf_counter() - t0
+                times[name] += dt
+                per_file[name][p.name] = per_file[name].get(p.name, 0.0) + dt
         t_dp.append(times["datapipe"])
         t_un.append(times["unstructured"])
-        print(f"round {r + 1}: datapipe {times['datapipe']:.2f}s ({pages / times['datapipe']:.2f} pages/s), "
-              f"unstructured {times['unstructured']:.2f}s ({pages / times['unstructured']:.2f} pages/s)")
+        print(
+            f"round {r + 1}: datapipe {times['datapipe']:.2f}s ({pages / times['datapipe']:.2f} pages/s), "
+            f"unstructured {times['unstructured']:.2f}s ({pages / times['unstructured']:.2f} pages/s)"
+        )
 
     n = len(t_dp)
     print("per file, seconds per pass (mean over rounds):")
@@ -141,16 +143,29 @@ def main() -> int:
     dp_best, un_best = pages / min(t_dp), pages / min(t_un)
     dp_mean, un_mean = pages * n / sum(t_dp), pages * n / sum(t_un)
     median_ratio = statistics.median(u / d for d, u in zip(t_dp, t_un, strict=True))
-    print(f"datapipe:     best {dp_best:.2f} pages/s, mean {dp_mean:.2f} pages/s "
-          f"({pages * n} pages in {sum(t_dp):.2f}s)")
-    print(f"unstructured: best {un_best:.2f} pages/s, mean {un_mean:.2f} pages/s "
-          f"({pages * n} pages in {sum(t_un):.2f}s)")
-    print(f"ratio datapipe/unstructured: best-of {dp_best / un_best:.2f}, mean {dp_mean / un_mean:.2f}, "
-          f"median of rounds {median_ratio:.2f}")
-    print(f"load average at end: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
-    print(f"RESULT bench_extract ratio={dp_best / un_best:.2f} datapipe_pages_per_s={dp_best:.2f} "
-          f"unstructured_pages_per_s={un_best:.2f} mean_ratio={dp_mean / un_mean:.2f} median_ratio={median_ratio:.2f} "
-          f"files={len(files)} pages={pages} rounds={n}")
+    print(
+        f"datapipe:     best {dp_best:.2f} pages/s, mean {dp_mean:.2f} pages/s ({pages * n} pages in {sum(t_dp):.2f}s)"
+    )
+    print(
+        f"unstructured: best {un_best:.2f} pages/s, mean {un_mean:.2f} pages/s ({pages * n} pages in {sum(t_un):.2f}s)"
+    )
+    print(
+        f"ratio datapipe/unstructured: best-of {dp_best / un_best:.2f}, mean {dp_mean / un_mean:.2f}, "
+        f"median of rounds {median_ratio:.2f}"
+    )
+    load_end = os.getloadavg()[0]
+    print(f"load average at end: {load_end:.2f} (cores: {os.cpu_count()})")
+    if load_start > 1.0 or load_end > LOAD_WARN:
+        print(
+            f"WARNING: other work was running on this {os.cpu_count()}-core machine (1-minute load average "
+            f"{load_start:.2f} at start, {load_end:.2f} at end; expected under 1.0 and {LOAD_WARN}): "
+            f"these figures are unreliable, run again on an idle machine"
+        )
+    print(
+        f"RESULT bench_extract ratio={dp_mean / un_mean:.2f} datapipe_pages_per_s={dp_mean:.2f} "
+        f"unstructured_pages_per_s={un_mean:.2f} best_ratio={dp_best / un_best:.2f} median_ratio={median_ratio:.2f} "
+        f"files={len(files)} pages={pages} rounds={n} load={load_start:.2f}/{load_end:.2f}"
+    )
     return 0
 
 

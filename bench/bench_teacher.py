@@ -53,6 +53,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", message="The 'default' attribute with value None")  # pydantic, from distilabel
 
+T_START = time.perf_counter()
+LOAD_WARN = 1.8  # the server decodes on one thread; the client is mostly idle
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -60,10 +62,38 @@ MODEL_ALIAS = "smollm2"
 MAX_TOKENS = 48
 TEMPERATURE = 0.7
 TOPICS = [
-    "the moon", "bread", "rivers", "bicycles", "owls", "glaciers", "libraries", "volcanoes",
-    "tea", "bridges", "honeybees", "the ocean", "maps", "clocks", "forests", "trains",
-    "salt", "lighthouses", "deserts", "paper", "rain", "chess", "copper", "gardens",
-    "kites", "whales", "music", "snow", "islands", "cheese", "stars", "windmills",
+    "the moon",
+    "bread",
+    "rivers",
+    "bicycles",
+    "owls",
+    "glaciers",
+    "libraries",
+    "volcanoes",
+    "tea",
+    "bridges",
+    "honeybees",
+    "the ocean",
+    "maps",
+    "clocks",
+    "forests",
+    "trains",
+    "salt",
+    "lighthouses",
+    "deserts",
+    "paper",
+    "rain",
+    "chess",
+    "copper",
+    "gardens",
+    "kites",
+    "whales",
+    "music",
+    "snow",
+    "islands",
+    "cheese",
+    "stars",
+    "windmills",
 ]
 
 
@@ -89,8 +119,10 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: str, timeout_
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with code {proc.returncode}; see {log_path}:\n"
-                               + Path(log_path).read_text(errors="replace")[-2000:])
+            raise RuntimeError(
+                f"llama.cpp server exited with code {proc.returncode}; see {log_path}:\n"
+                + Path(log_path).read_text(errors="replace")[-2000:]
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -132,11 +164,19 @@ async def run_raw(base_url: str, batch: list[tuple[list[dict[str, str]], int]], 
     async def one(messages: list[dict[str, str]], seed: int) -> tuple[int, int, str]:
         async with sem:
             resp = await client.chat.completions.create(
-                model=MODEL_ALIAS, messages=messages, max_tokens=MAX_TOKENS, temperature=TEMPERATURE,  # type: ignore[arg-type]
-                top_p=1.0, extra_body={"seed": seed})
+                model=MODEL_ALIAS,
+                messages=messages,
+                max_tokens=MAX_TOKENS,
+                temperature=TEMPERATURE,  # type: ignore[arg-type]
+                top_p=1.0,
+                extra_body={"seed": seed},
+            )
         usage = resp.usage
-        return (usage.completion_tokens if usage else 0, usage.prompt_tokens if usage else 0,
-                resp.choices[0].message.content or "")
+        return (
+            usage.completion_tokens if usage else 0,
+            usage.prompt_tokens if usage else 0,
+            resp.choices[0].message.content or "",
+        )
 
     try:
         t0 = time.perf_counter()
@@ -144,36 +184,54 @@ async def run_raw(base_url: str, batch: list[tuple[list[dict[str, str]], int]], 
         seconds = time.perf_counter() - t0
     finally:
         await client.close()
-    return RoundResult(seconds, len(results), sum(r[0] for r in results), sum(r[1] for r in results),
-                       [r[2] for r in results])
+    return RoundResult(
+        seconds, len(results), sum(r[0] for r in results), sum(r[1] for r in results), [r[2] for r in results]
+    )
 
 
 async def run_datapipe(base_url: str, batch: list[tuple[list[dict[str, str]], int]], concurrency: int) -> RoundResult:
     from datapipe.config import GenerationParams, TeacherConfig
     from datapipe.teacher import Teacher
 
-    cfg = TeacherConfig(backend="openai", model=MODEL_ALIAS, base_url=base_url, max_concurrency=concurrency,
-                        cache=False)
+    cfg = TeacherConfig(
+        backend="openai", model=MODEL_ALIAS, base_url=base_url, max_concurrency=concurrency, cache=False
+    )
     teacher = Teacher(cfg, cache_path=None)
     t0 = time.perf_counter()
     async with teacher.session():
-        results = await asyncio.gather(*(
-            teacher.complete(m, GenerationParams(max_new_tokens=MAX_TOKENS, temperature=TEMPERATURE, top_p=1.0, seed=s))
-            for m, s in batch))
+        results = await asyncio.gather(
+            *(
+                teacher.complete(
+                    m, GenerationParams(max_new_tokens=MAX_TOKENS, temperature=TEMPERATURE, top_p=1.0, seed=s)
+                )
+                for m, s in batch
+            )
+        )
     seconds = time.perf_counter() - t0
     if teacher.stats.retries or teacher.stats.failures:
-        print(f"  datapipe teacher: retries={teacher.stats.retries} failures={teacher.stats.failures} "
-              f"faults={dict(teacher.stats.faults)}")
-    return RoundResult(seconds, len(results), sum(r.output_tokens for r in results),
-                       sum(r.input_tokens for r in results), [r.text for r in results])
+        print(
+            f"  datapipe teacher: retries={teacher.stats.retries} failures={teacher.stats.failures} "
+            f"faults={dict(teacher.stats.faults)}"
+        )
+    return RoundResult(
+        seconds,
+        len(results),
+        sum(r.output_tokens for r in results),
+        sum(r.input_tokens for r in results),
+        [r.text for r in results],
+    )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--budget-s", type=float, default=130.0,
-                    help="start no new round that would end past this many seconds of timed rounds "
-                         "(at least 2 rounds run)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=160.0,
+        help="start no round that would end later than this many seconds after the script started "
+        "(the first two rounds always run)",
+    )
     ap.add_argument("--requests", type=int, default=24, help="requests per side per round")
     ap.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
@@ -182,11 +240,27 @@ def main() -> int:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
     log = tempfile.NamedTemporaryFile(prefix="bench_teacher_server_", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", MODEL_ALIAS,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
-    print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
-    print(f"llama_cpp (llama-cpp-python) version: {importlib.metadata.version('llama_cpp_python')}; "
-          f"openai {importlib.metadata.version('openai')}; distilabel {importlib.metadata.version('distilabel')}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        gguf,
+        "--model_alias",
+        MODEL_ALIAS,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+    ]
+    load_start = os.getloadavg()[0]
+    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
+    print(
+        f"llama_cpp (llama-cpp-python) version: {importlib.metadata.version('llama_cpp_python')}; "
+        f"openai {importlib.metadata.version('openai')}; distilabel {importlib.metadata.version('distilabel')}"
+    )
     print(f"server: {' '.join(cmd[1:4])} ... --port {port} (log: {log.name})")
     t_start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -206,7 +280,7 @@ def main() -> int:
         t_rounds = time.perf_counter()
         for r in range(args.rounds):
             spent = time.perf_counter() - t_rounds
-            if r >= 2 and spent + spent / r > args.budget_s:
+            if r >= 2 and time.perf_counter() - T_START + spent / r > args.budget_s:
                 print(f"time budget of {args.budget_s:.0f}s would be exceeded: stopping after {r} rounds")
                 break
             batch = make_batch(args.requests, offset=r * args.requests)
@@ -223,10 +297,12 @@ def main() -> int:
                 if n_perf != res.requests:
                     print(f"  note: {n_perf} llama.cpp timing lines for {res.requests} {side} requests")
                 totals[side].append(res)
-                line.append(f"{side} {res.seconds:.2f}s {res.requests / res.seconds:.2f} req/s "
-                            f"{res.output_tokens / res.seconds:.1f} out tok/s ({res.output_tokens} out, "
-                            f"{res.input_tokens} in; server busy {res.server_busy_s:.2f}s, "
-                            f"client CPU {res.client_cpu_s:.2f}s)")
+                line.append(
+                    f"{side} {res.seconds:.2f}s {res.requests / res.seconds:.2f} req/s "
+                    f"{res.output_tokens / res.seconds:.1f} out tok/s ({res.output_tokens} out, "
+                    f"{res.input_tokens} in; server busy {res.server_busy_s:.2f}s, "
+                    f"client CPU {res.client_cpu_s:.2f}s)"
+                )
             print(f"round {r + 1}: " + "; ".join(line))
             pair = zip(totals["raw"][-1].texts, totals["datapipe"][-1].texts, strict=True)
             same += sum(a == b for a, b in pair)
@@ -256,20 +332,34 @@ def main() -> int:
         cpu = sum(x.client_cpu_s for x in rs)
         rates[side] = (reqs / secs, out_tok / secs)
         busy_share[side] = busy / secs
-        print(f"{side:9s} {reqs / secs:.2f} requests/s, {out_tok / secs:.1f} output tokens/s "
-              f"({reqs} requests, {out_tok} output tokens in {secs:.2f}s; server busy {busy:.2f}s = "
-              f"{100 * busy / secs:.1f}% of wall, {secs - busy:.2f}s outside the server; client CPU {cpu:.2f}s, "
-              f"{1000 * cpu / reqs:.1f} ms/request)")
+        print(
+            f"{side:9s} {reqs / secs:.2f} requests/s, {out_tok / secs:.1f} output tokens/s "
+            f"({reqs} requests, {out_tok} output tokens in {secs:.2f}s; server busy {busy:.2f}s = "
+            f"{100 * busy / secs:.1f}% of wall, {secs - busy:.2f}s outside the server; client CPU {cpu:.2f}s, "
+            f"{1000 * cpu / reqs:.1f} ms/request)"
+        )
     ratio = rates["datapipe"][0] / rates["raw"][0]
     tok_ratio = rates["datapipe"][1] / rates["raw"][1]
     busy_ratio = busy_share["datapipe"] / busy_share["raw"]
-    print(f"ratio datapipe/raw: wall-clock {ratio:.2f}; server-busy share {busy_ratio:.2f} (the same work at "
-          f"the server's speed of the moment: insensitive to CPU-speed swings between rounds)")
-    print(f"load average at end: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
-    print(f"RESULT bench_teacher ratio={ratio:.2f} tok_ratio={tok_ratio:.2f} busy_ratio={busy_ratio:.2f} "
-          f"datapipe_req_per_s={rates['datapipe'][0]:.2f} raw_req_per_s={rates['raw'][0]:.2f} "
-          f"datapipe_out_tok_per_s={rates['datapipe'][1]:.1f} raw_out_tok_per_s={rates['raw'][1]:.1f} "
-          f"concurrency={args.concurrency} requests={args.requests} rounds={len(totals['raw'])} target>=0.95")
+    print(
+        f"ratio datapipe/raw: wall-clock {ratio:.2f}; server-busy share {busy_ratio:.2f} (the same work at "
+        f"the server's speed of the moment: insensitive to CPU-speed swings between rounds)"
+    )
+    load_end = os.getloadavg()[0]
+    print(f"load average at end: {load_end:.2f} (cores: {os.cpu_count()})")
+    if load_start > 1.0 or load_end > LOAD_WARN:
+        print(
+            f"WARNING: other work was running on this {os.cpu_count()}-core machine (1-minute load average "
+            f"{load_start:.2f} at start, {load_end:.2f} at end; expected under 1.0 and {LOAD_WARN}): "
+            f"these figures are unreliable, run again on an idle machine"
+        )
+    print(
+        f"RESULT bench_teacher ratio={ratio:.2f} tok_ratio={tok_ratio:.2f} busy_ratio={busy_ratio:.2f} "
+        f"datapipe_req_per_s={rates['datapipe'][0]:.2f} raw_req_per_s={rates['raw'][0]:.2f} "
+        f"datapipe_out_tok_per_s={rates['datapipe'][1]:.1f} raw_out_tok_per_s={rates['raw'][1]:.1f} "
+        f"concurrency={args.concurrency} requests={args.requests} rounds={len(totals['raw'])} target>=0.95 "
+        f"load={load_start:.2f}/{load_end:.2f}"
+    )
     return 0
 
 

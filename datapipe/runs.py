@@ -22,6 +22,9 @@ def snapshot_config(cfg: PipelineConfig) -> Path:
     data["sources"] = [s if Path(s).is_absolute() else str((cfg.base_dir / s).resolve()) for s in cfg.sources]
     if cfg.prompts_dir:
         data["prompts_dir"] = str(cfg.resolve(cfg.prompts_dir).resolve())
+    for key in ("tokenizer", "out"):  # paths, relative to the config file like every other path
+        if data["export"].get(key):
+            data["export"][key] = str(cfg.resolve(data["export"][key]).resolve())
     if data["teacher"].get("cache_path"):
         data["teacher"]["cache_path"] = str(cfg.resolve(cfg.teacher.cache_path or "").resolve())
     path = cfg.run_dir / RUN_CONFIG
