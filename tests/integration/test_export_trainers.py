@@ -18,39 +18,11 @@ import pytest
 
 from datapipe.export import ExportOptions, ExportResult, export_records
 from tests.conftest import free_port
-from tests.unit.test_export import CHATML, SYSTEM, make_pair, make_run, make_sample
+from tests.trainer_kit import dpo_args, sft_args, tiny_model_and_tokenizer
+from tests.unit.test_export import SYSTEM, make_pair, make_run, make_sample
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _tiny_model_and_tokenizer() -> tuple[Any, Any]:
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    from datapipe.chunk import default_model_path
-
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    tok.chat_template = CHATML
-    tok.eos_token = tok.sep_token
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=1, n_head=2))
-    return model, tok
-
-
-def _sft_args(tmp_path: Path, **kw: Any) -> Any:
-    from trl import SFTConfig
-
-    return SFTConfig(
-        output_dir=str(tmp_path / "sft"),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=2,
-        report_to=[],
-        max_length=256,
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        **kw,
-    )
 
 
 def _export(tmp_path: Path, fmt: str, n: int = 24, **opts: Any) -> ExportResult:
@@ -70,10 +42,10 @@ def test_sft_trainer_trains_on_the_text_export(tmp_path: Path) -> None:
     result = _export(tmp_path, "text")
     ds = datasets.load_dataset("parquet", data_files={s: str(p) for s, p in result.files.items()})
     assert all(t.rstrip().endswith("<|im_end|>") for t in ds["train"]["text"])
-    model, tok = _tiny_model_and_tokenizer()
+    model, tok = tiny_model_and_tokenizer()
     trainer = SFTTrainer(
         model=model,
-        args=_sft_args(tmp_path, dataset_text_field="text"),
+        args=sft_args(tmp_path, dataset_text_field="text"),
         train_dataset=ds["train"],
         eval_dataset=ds["validation"],
         processing_class=tok,
@@ -93,10 +65,10 @@ def test_sft_trainer_trains_on_the_export_through_trl_example(fmt: str, tmp_path
     result = _export(tmp_path, fmt, max_seq_len=4096)
     splits = _load_splits(result)
     assert {s: len(d) for s, d in splits.items()} == result.rows and result.rows["validation"] > 0
-    model, tok = _tiny_model_and_tokenizer()
+    model, tok = tiny_model_and_tokenizer()
     trainer = SFTTrainer(
         model=model,
-        args=_sft_args(tmp_path),
+        args=sft_args(tmp_path),
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=tok,
@@ -114,26 +86,17 @@ def test_dpo_trainer_prepares_the_dpo_file_with_every_column(tmp_path: Path) -> 
     """The file as written (LLaMA-Factory's single-message columns and the scores included) goes to
     DPOTrainer without selecting columns."""
     import datasets
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
     pairs = [make_pair(i) for i in range(8)]
     result = export_records(pairs, ExportOptions(fmt="dpo", split=0.75, system_prompt=SYSTEM), tmp_path / "dpo")
     ds = datasets.load_dataset("parquet", data_files={s: str(p) for s, p in result.files.items()})
     assert "chosen_turn" in ds["train"].column_names and is_conversational(ds["train"][0])
-    model, tok = _tiny_model_and_tokenizer()
+    model, tok = tiny_model_and_tokenizer()
     rendered = maybe_apply_chat_template(ds["train"][0], tok)
     assert rendered["prompt"].startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
-    args = DPOConfig(
-        output_dir=str(tmp_path / "out"),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        report_to=[],
-        max_length=256,
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-    )
+    args = dpo_args(tmp_path / "out")
     trainer = DPOTrainer(
         model=model,
         ref_model=copy.deepcopy(model),

@@ -17,14 +17,10 @@ from datapipe.cli import app
 from datapipe.records import Chunk, Document, Reject, Sample
 from datapipe.store import RunStore
 from tests.conftest import FAST_GENERATE, write_config
+from tests.trainer_kit import sft_args, tiny_model_and_tokenizer, tiny_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 runner = CliRunner()
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +108,6 @@ def test_samples_carry_provenance(run: dict[str, object], corpus_docs: Path, bad
 
 def test_chatml_export_loads_in_datasets_and_trl(run: dict[str, object]) -> None:
     import datasets
-    from transformers import AutoTokenizer
     from trl.data_utils import apply_chat_template, is_conversational
 
     store: RunStore = run["store"]  # type: ignore[assignment]
@@ -127,10 +122,7 @@ def test_chatml_export_loads_in_datasets_and_trl(run: dict[str, object]) -> None
     assert is_conversational(example)
     assert [m["role"] for m in example["messages"]] == ["user", "assistant"]
 
-    from datapipe.chunk import default_model_path
-
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    tok.chat_template = CHATML
+    tok = tiny_tokenizer()
     text = apply_chat_template({"messages": example["messages"]}, tok)["text"]
     assert text.startswith("<|im_start|>user\n" + example["messages"][0]["content"])
 
@@ -138,30 +130,14 @@ def test_chatml_export_loads_in_datasets_and_trl(run: dict[str, object]) -> None
 def test_sft_trainer_accepts_the_export(run: dict[str, object], tmp_path: Path) -> None:
     """TRL's SFTTrainer trains one step on the exported file (a tiny random GPT-2, CPU)."""
     import datasets
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-    from trl import SFTConfig, SFTTrainer
-
-    from datapipe.chunk import default_model_path
+    from trl import SFTTrainer
 
     store: RunStore = run["store"]  # type: ignore[assignment]
     ds = datasets.load_dataset(
         "parquet", data_files=str(store.root / "exports" / "chatml" / "train.parquet"), split="train"
     )
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    tok.chat_template = CHATML
-    tok.eos_token = tok.sep_token
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=1, n_head=2))
-    args = SFTConfig(
-        output_dir=str(tmp_path / "sft"),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        report_to=[],
-        max_length=256,
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    model, tok = tiny_model_and_tokenizer()
+    trainer = SFTTrainer(model=model, args=sft_args(tmp_path / "sft"), train_dataset=ds, processing_class=tok)
     out = trainer.train()
     assert out.global_step == 1 and out.training_loss > 0
 

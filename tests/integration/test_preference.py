@@ -18,6 +18,7 @@ from datapipe.store import RunStore
 from datapipe.teacher import Teacher
 from tests.conftest import LlamaServer, free_port, write_config
 from tests.integration.faultproxy import FaultProxy
+from tests.trainer_kit import dpo_args, tiny_model_and_tokenizer
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -81,13 +82,11 @@ def test_every_prompt_is_a_pair_or_a_reject(pref_run: RunStore) -> None:
 
 
 def test_dpo_export_loads_in_datasets_and_dpo_trainer(pref_run: RunStore, tmp_path: Path) -> None:
-    import datasets
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-    from trl import DPOConfig, DPOTrainer
-    from trl.data_utils import apply_chat_template, is_conversational
+    import copy
 
-    from datapipe.chunk import default_model_path
-    from tests.integration.test_pipeline_full import CHATML
+    import datasets
+    from trl import DPOTrainer
+    from trl.data_utils import apply_chat_template, is_conversational
 
     path = pref_run.root / "exports" / "dpo" / "train.parquet"
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
@@ -95,29 +94,13 @@ def test_dpo_export_loads_in_datasets_and_dpo_trainer(pref_run: RunStore, tmp_pa
     assert len(ds) == len(list(pref_run.iter_records("preference", PreferencePair)))
     row = ds[0]
     assert is_conversational(row)
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    tok.chat_template = CHATML
-    tok.eos_token = tok.sep_token
+    model, tok = tiny_model_and_tokenizer()
     rendered = apply_chat_template({k: row[k] for k in ("prompt", "chosen", "rejected")}, tok)
     assert rendered["prompt"].startswith("<|im_start|>user") and rendered["chosen"] and rendered["rejected"]
-
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=32, n_layer=1, n_head=2))
-    args = DPOConfig(
-        output_dir=str(tmp_path / "dpo"),
-        max_steps=1,
-        per_device_train_batch_size=1,
-        report_to=[],
-        max_length=256,
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-    )
-    import copy
-
     trainer = DPOTrainer(
         model=model,
         ref_model=copy.deepcopy(model),
-        args=args,
+        args=dpo_args(tmp_path / "dpo", per_device_train_batch_size=1),
         train_dataset=ds.select_columns(["prompt", "chosen", "rejected"]),
         processing_class=tok,
     )

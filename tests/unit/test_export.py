@@ -34,12 +34,9 @@ from datapipe.export.split import split_point, train_mask
 from datapipe.records import Candidate, Message, PreferencePair, Provenance, Reject, Sample, TeacherCall
 from datapipe.runs import snapshot_config
 from datapipe.store import RunStore, StageRecorder
+from tests.trainer_kit import CHATML
 
 runner = CliRunner()
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 SYSTEM = "You answer questions about the staff handbook."
 
 
@@ -159,9 +156,6 @@ def _hf_tokenizer(template: str | None = None) -> Any:
     return tok
 
 
-# --- formats -------------------------------------------------------------------------------------------------
-
-
 def _expected(fmt: str) -> Any:
     import datasets
 
@@ -255,9 +249,6 @@ def test_wrong_record_type_for_the_format_is_refused(tmp_path: Path) -> None:
         export(make_samples(1), tmp_path, fmt="jsonl")
 
 
-# --- chat templates and token counts --------------------------------------------------------------------------
-
-
 CONVERSATIONS = {
     "single": [{"role": "user", "content": "What is the leave policy?"}, {"role": "assistant", "content": "20 days."}],
     "system+multi": [
@@ -344,9 +335,6 @@ def test_text_format_needs_a_chat_template(tmp_path: Path) -> None:
     assert result.lengths is not None and result.lengths["min"] > 0
 
 
-# --- splits ---------------------------------------------------------------------------------------------------
-
-
 def _ids_by_split(result: ExportResult) -> dict[str, set[str]]:
     return {s: set(pq.read_table(p).column("id").to_pylist()) for s, p in result.files.items()}
 
@@ -389,9 +377,6 @@ def test_an_empty_validation_split_is_reported_not_written(tmp_path: Path) -> No
     assert list(result.files) == ["train"] and result.empty_splits() == ["validation"]
     assert "validation.parquet was not written" in (result.out_dir / "README.md").read_text()
     assert "test_datasets" not in yaml.safe_load((result.out_dir / "axolotl.yaml").read_text())
-
-
-# --- token-length check through the run store -------------------------------------------------------------------
 
 
 def _run_export(run: Path, **kwargs: Any) -> dict[str, Any]:
@@ -455,9 +440,6 @@ def test_max_seq_len_needs_token_lengths() -> None:
         ExportConfig(max_seq_len=100, token_lengths=False)
     with pytest.raises(ValueError):
         ExportConfig(split=0)
-
-
-# --- dataset card and trainer snippets --------------------------------------------------------------------------
 
 
 def test_dataset_card_is_what_the_hub_and_datasets_read(tmp_path: Path) -> None:
@@ -565,9 +547,6 @@ def test_trainer_snippets_name_the_real_files_and_columns(fmt: str, tmp_path: Pa
     assert is_conversational(splits["train"][0]) == (fmt != "text")
     if fmt == "sharegpt":
         assert [m["role"] for m in splits["train"][0]["messages"]] == ["system", "user", "assistant"]
-
-
-# --- command line ----------------------------------------------------------------------------------------------
 
 
 def test_cli_export_writes_splits_card_and_snippets_and_reports_lengths(tmp_path: Path) -> None:
