@@ -40,6 +40,9 @@ T_START = time.perf_counter()
 LOAD_WARN = 1.5  # this script alone keeps about one core busy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadcheck import report_load  # noqa: E402
 
 
 def docs_dir() -> Path:
@@ -153,14 +156,7 @@ def main() -> int:
         f"ratio datapipe/unstructured: best-of {dp_best / un_best:.2f}, mean {dp_mean / un_mean:.2f}, "
         f"median of rounds {median_ratio:.2f}"
     )
-    load_end = os.getloadavg()[0]
-    print(f"load average at end: {load_end:.2f} (cores: {os.cpu_count()})")
-    if load_start > 1.0 or load_end > LOAD_WARN:
-        print(
-            f"WARNING: other work was running on this {os.cpu_count()}-core machine (1-minute load average "
-            f"{load_start:.2f} at start, {load_end:.2f} at end; expected under 1.0 and {LOAD_WARN}): "
-            f"these figures are unreliable, run again on an idle machine"
-        )
+    load_end = report_load(load_start, LOAD_WARN)
     print(
         f"RESULT bench_extract ratio={dp_mean / un_mean:.2f} datapipe_pages_per_s={dp_mean:.2f} "
         f"unstructured_pages_per_s={un_mean:.2f} best_ratio={dp_best / un_best:.2f} median_ratio={median_ratio:.2f} "

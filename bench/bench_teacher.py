@@ -57,6 +57,9 @@ T_START = time.perf_counter()
 LOAD_WARN = 1.8  # the server decodes on one thread; the client is mostly idle
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadcheck import report_load  # noqa: E402
 
 MODEL_ALIAS = "smollm2"
 MAX_TOKENS = 48
@@ -345,14 +348,7 @@ def main() -> int:
         f"ratio datapipe/raw: wall-clock {ratio:.2f}; server-busy share {busy_ratio:.2f} (the same work at "
         f"the server's speed of the moment: insensitive to CPU-speed swings between rounds)"
     )
-    load_end = os.getloadavg()[0]
-    print(f"load average at end: {load_end:.2f} (cores: {os.cpu_count()})")
-    if load_start > 1.0 or load_end > LOAD_WARN:
-        print(
-            f"WARNING: other work was running on this {os.cpu_count()}-core machine (1-minute load average "
-            f"{load_start:.2f} at start, {load_end:.2f} at end; expected under 1.0 and {LOAD_WARN}): "
-            f"these figures are unreliable, run again on an idle machine"
-        )
+    load_end = report_load(load_start, LOAD_WARN)
     print(
         f"RESULT bench_teacher ratio={ratio:.2f} tok_ratio={tok_ratio:.2f} busy_ratio={busy_ratio:.2f} "
         f"datapipe_req_per_s={rates['datapipe'][0]:.2f} raw_req_per_s={rates['raw'][0]:.2f} "
