@@ -39,12 +39,10 @@ def store_for(cfg: PipelineConfig) -> RunStore:
 
 
 def _file_digest(path: Path) -> str:
+    from datapipe.extract import sha256_file
+
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(path)
     except OSError as exc:
         return f"unreadable:{type(exc).__name__}"
 
@@ -69,13 +67,14 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
     seen: dict[tuple[str, str | None], str] = {}
     for src in sources:
         t0 = time.perf_counter()
-        key = content_id(str(src.path), _file_digest(src.path), cfg_hash, src.taxonomy_path)
+        digest = _file_digest(src.path)
+        key = content_id(str(src.path), digest, cfg_hash, src.taxonomy_path)
         reused = store.has_shard("extract", key)
         if reused:
             docs = store.read_shard("extract", key, Document)
             n_rej = len(store.read_shard_rejects("extract", key))
         else:
-            out = extract_file(src, cfg.extract)
+            out = extract_file(src, cfg.extract, None if digest.startswith("unreadable:") else digest)
             docs = [out] if isinstance(out, Document) else []
             rejects = [out] if isinstance(out, Reject) else []
             store.write_shard("extract", key, Document.to_table(docs), rejects)

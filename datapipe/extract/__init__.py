@@ -11,7 +11,6 @@ import glob
 import hashlib
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,8 +227,11 @@ def elements_to_document(
     )
 
 
-def extract_file(src: SourceFile, cfg: ExtractConfig) -> Document | Reject:
-    """Extract one file; never raises for a bad file, returns a reject instead."""
+def extract_file(src: SourceFile, cfg: ExtractConfig, digest: str | None = None) -> Document | Reject:
+    """Extract one file; never raises for a bad file, returns a reject instead.
+
+    ``digest`` is the file's SHA-256 when the caller has already read it (the run store keys shards by it).
+    """
     path = src.path
     fmt = path.suffix.lower().lstrip(".")
 
@@ -246,7 +248,7 @@ def extract_file(src: SourceFile, cfg: ExtractConfig) -> Document | Reject:
         return reject("too_large", f"{size / 1e6:.1f} MB exceeds extract.max_file_mb={cfg.max_file_mb}")
     if size == 0:
         return reject("empty_file", "the file has zero bytes")
-    digest = _sha256_file(path)
+    digest = digest or sha256_file(path)
     if fmt == "pdf" and _pdf_is_locked(path):
         return reject(
             "encrypted", "the PDF is password-protected; decrypt it (e.g. qpdf --decrypt) and re-run", digest[:24]
@@ -272,28 +274,10 @@ def extract_file(src: SourceFile, cfg: ExtractConfig) -> Document | Reject:
     return doc
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (a document id is its first 24 characters)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def extract(sources: list[SourceFile], cfg: ExtractConfig) -> Iterator[Document | Reject]:
-    """Extract many files; later files with identical bytes are rejected as duplicates."""
-    seen: dict[str, str] = {}
-    for src in sources:
-        out = extract_file(src, cfg)
-        if isinstance(out, Document):
-            if out.id in seen:
-                yield Reject(
-                    stage="extract",
-                    record_id=out.id,
-                    reason=f"duplicate_of:{out.id}",
-                    detail=f"same bytes as {seen[out.id]}",
-                    source_path=out.source_path,
-                )
-                continue
-            seen[out.id] = out.source_path
-        yield out
