@@ -13,11 +13,12 @@ from datapipe.cli import app
 from datapipe.config import GenerationParams, PreferenceConfig, TeacherConfig
 from datapipe.generate.preference import PreferenceGenerator, form_pair, parse_rating
 from datapipe.generate.prompts import load_prompt
-from datapipe.records import Candidate, Message, PreferencePair, Provenance, Reject, Sample
+from datapipe.records import Candidate, PreferencePair, Reject, Sample
 from datapipe.store import RunStore
 from datapipe.teacher import Teacher
 from tests.conftest import LlamaServer, free_port, write_config
 from tests.integration.faultproxy import FaultProxy
+from tests.records_kit import make_sample
 from tests.trainer_kit import dpo_args, tiny_model_and_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -108,25 +109,8 @@ def test_dpo_export_loads_in_datasets_and_dpo_trainer(pref_run: RunStore, tmp_pa
 
 
 def _sample() -> Sample:
-    return Sample(
-        id="s1",
-        kind="instruction",
-        instruction="How do you get new ideas?",
-        response="By noticing anomalies.",
-        messages=[
-            Message(role="user", content="How do you get new ideas?"),
-            Message(role="assistant", content="By noticing anomalies."),
-        ],
-        provenance=Provenance(
-            source_path="ideas.html",
-            document_id="d",
-            chunk_id="c",
-            char_start=0,
-            char_end=10,
-            pages=[],
-            context="Notice anomalies.",
-            teacher_calls=[],
-        ),
+    return make_sample(
+        "s1", "How do you get new ideas?", "By noticing anomalies.", "Notice anomalies.", source_path="ideas.html"
     )
 
 

@@ -14,11 +14,12 @@ from datapipe.cli import app
 from datapipe.config import JudgeConfig, TeacherConfig
 from datapipe.filter.judge import QAJudge, parse_scores
 from datapipe.generate.prompts import load_prompt
-from datapipe.records import Chunk, Document, Message, Provenance, Reject, Sample
+from datapipe.records import Chunk, Document, Reject, Sample
 from datapipe.store import RunStore
 from datapipe.teacher import Teacher
 from tests.conftest import LlamaServer, free_port, write_config
 from tests.integration.faultproxy import FaultProxy
+from tests.records_kit import make_sample
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -128,22 +129,8 @@ def test_judge_thresholds_through_a_real_server(
     llama_server: LlamaServer, reply: str, reason: str | None, scores: dict[str, float] | None
 ) -> None:
     """The judge's replies are injected by the proxy in front of the real llama.cpp server."""
-    sample = Sample(
-        id="s",
-        kind="qa",
-        instruction="Where do chickadees live?",
-        response="In forests.",
-        messages=[Message(role="user", content="q"), Message(role="assistant", content="a")],
-        provenance=Provenance(
-            source_path="x.md",
-            document_id="d",
-            chunk_id="c",
-            char_start=0,
-            char_end=5,
-            pages=[],
-            context="Chickadees live in forests.",
-            teacher_calls=[],
-        ),
+    sample = make_sample(
+        "s", "Where do chickadees live?", "In forests.", "Chickadees live in forests.", kind="qa", source_path="x.md"
     )
     with FaultProxy(llama_server.base_url.removesuffix("/v1"), free_port(), [f"content:{reply}"]) as proxy:
         teacher = Teacher(TeacherConfig(backend="openai", model="smollm2", base_url=proxy.base_url, cache=False))

@@ -11,7 +11,8 @@ from datapipe.errors import ConfigError
 from datapipe.filter import filter_samples
 from datapipe.generate.instruction import AnswerTask, ParseError, QuestionTask
 from datapipe.generate.prompts import load_prompt
-from datapipe.records import Message, Provenance, Reject, Sample
+from datapipe.records import Reject, Sample
+from tests.records_kit import make_sample
 
 
 def test_shipped_prompts_render_with_strict_undefined() -> None:
@@ -64,23 +65,7 @@ def test_answer_parsing() -> None:
 
 
 def _sample(i: int, instruction: str, response: str) -> Sample:
-    return Sample(
-        id=f"s{i}",
-        kind="instruction",
-        instruction=instruction,
-        response=response,
-        messages=[Message(role="user", content=instruction), Message(role="assistant", content=response)],
-        provenance=Provenance(
-            source_path="x.txt",
-            document_id="d",
-            chunk_id="c",
-            char_start=0,
-            char_end=1,
-            pages=[],
-            context="ctx",
-            teacher_calls=[],
-        ),
-    )
+    return make_sample(f"s{i}", instruction, response)
 
 
 def test_filters_keep_good_and_reject_with_reasons() -> None:

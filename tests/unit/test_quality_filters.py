@@ -22,7 +22,8 @@ from datapipe.filter.decontam import Decontaminator
 from datapipe.filter.dedup import near_duplicates, semantic_duplicates
 from datapipe.filter.grounding import check_grounding
 from datapipe.pipeline import NullProgress, apply_filters
-from datapipe.records import Message, Provenance, Reject, Sample
+from datapipe.records import Reject, Sample
+from tests.records_kit import make_sample
 
 NORWICH = (
     "Norwich City Football Club is an English professional football club based in Norwich, Norfolk. The club was "
@@ -32,23 +33,7 @@ NORWICH = (
 
 
 def sample(i: int | str, q: str, a: str, context: str = NORWICH, kind: str = "instruction") -> Sample:
-    return Sample(
-        id=f"s{i}",
-        kind=kind,
-        instruction=q,
-        response=a,  # type: ignore[arg-type]
-        messages=[Message(role="user", content=q), Message(role="assistant", content=a)],
-        provenance=Provenance(
-            source_path="norwich-city.txt",
-            document_id="d",
-            chunk_id="c",
-            char_start=0,
-            char_end=len(context),
-            pages=[],
-            context=context,
-            teacher_calls=[],
-        ),
-    )
+    return make_sample(f"s{i}", q, a, context, kind, source_path="norwich-city.txt")  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
