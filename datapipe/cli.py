@@ -44,7 +44,14 @@ def _taxonomy_app() -> typer.Typer:
     return taxonomy_app
 
 
+def _curate_app() -> typer.Typer:
+    from datapipe.curate.cli import curate_app
+
+    return curate_app
+
+
 app.add_typer(_taxonomy_app(), name="taxonomy", help="Validate and show InstructLab taxonomies (qna.yaml trees).")
+app.add_typer(_curate_app(), name="curate", help="Human review in Argilla: push samples, pull decisions back.")
 
 Target = Annotated[str, typer.Argument(help="pipeline.yaml, or a run folder (runs/<run_id>)")]
 
@@ -167,6 +174,10 @@ def export(
     push_to_hub: Annotated[
         str | None, typer.Option("--push-to-hub", metavar="REPO", help="push to this Hugging Face dataset repo")
     ] = None,
+    curated_only: Annotated[
+        bool | None,
+        typer.Option("--curated-only/--all", help="only samples reviewers accepted in Argilla (datapipe curate pull)"),
+    ] = None,
 ) -> None:
     """Write the kept samples (dpo: the preference pairs) as parquet per split, with a dataset card and
     trainer snippets (Axolotl, LLaMA-Factory, TRL) beside them."""
@@ -182,6 +193,7 @@ def export(
         tokenizer=str(Path(tokenizer).expanduser().resolve()) if tokenizer else None,
         on_too_long=on_too_long,
         push_to_hub=push_to_hub,
+        curated_only=curated_only,
     )
     from datapipe.pipeline import store_for
     from datapipe.runs import load_target

@@ -239,12 +239,33 @@ class ExportConfig(_Strict):
     pretty_name: str | None = Field(None, description="dataset card title")
     push_to_hub: str | None = Field(None, description="Hugging Face dataset repo id to push the export to")
     hub_private: bool = Field(True, description="create the hub repo as private")
+    curated_only: bool = Field(False, description="export only samples reviewers accepted in Argilla")
 
     @model_validator(mode="after")
     def _lengths_for_limit(self) -> ExportConfig:
         if self.max_seq_len is not None and not self.token_lengths:
             raise ValueError("export.max_seq_len needs export.token_lengths: true (tokens must be counted)")
         return self
+
+
+class CurateConfig(_Strict):
+    """Human review in Argilla: `datapipe curate push` / `datapipe curate pull`."""
+
+    api_url: str | None = Field(None, description="Argilla server URL; default: $ARGILLA_API_URL, else localhost:6900")
+    api_key_env: str = Field("ARGILLA_API_KEY", description="environment variable holding the Argilla API key")
+    workspace: str = Field("datapipe", description="Argilla workspace (created when missing)")
+    dataset_prefix: str | None = Field(None, description="dataset names are <prefix>-<kind>; default: the run id")
+    kinds: list[Literal["instruction", "qa", "preference"]] = Field(
+        ["instruction", "qa", "preference"], description="which sample kinds get a dataset"
+    )
+    policy: Literal["any_discard", "majority"] = Field(
+        "any_discard",
+        description="several reviewers: any_discard drops a record one reviewer discards; majority follows the "
+        "larger side (a tie stays pending)",
+    )
+    min_submitted: int = Field(1, ge=1, description="submitted reviews a record needs before it is applied")
+    timeout: float = Field(30.0, gt=0, description="seconds per Argilla request")
+    batch_size: int = Field(200, ge=1, le=500, description="records per upsert request")
 
 
 class PipelineConfig(_Strict):
@@ -259,6 +280,7 @@ class PipelineConfig(_Strict):
     taxonomy: TaxonomyConfig = TaxonomyConfig()
     filter: FilterConfig = FilterConfig()
     export: ExportConfig = ExportConfig()
+    curate: CurateConfig = CurateConfig()
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
 

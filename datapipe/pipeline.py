@@ -508,6 +508,7 @@ def run_export(
     tokenizer: str | None = None,
     on_too_long: str | None = None,
     push_to_hub: str | None = None,
+    curated_only: bool | None = None,
 ) -> dict[str, Any]:
     """Write the kept samples (format dpo: the preference pairs) as parquet per split, with a dataset card
     and trainer snippets; records over ``max_seq_len`` tokens become rejects or are flagged.
@@ -520,6 +521,7 @@ def run_export(
     from pydantic import ValidationError
 
     from datapipe.config import ExportConfig
+    from datapipe.curate import apply_curation, load_decisions
     from datapipe.errors import ConfigError
     from datapipe.export import ExportOptions, TokenCount, collect_run_facts, export_records, tokenizer_fingerprint
     from datapipe.export import push_to_hub as push
@@ -529,7 +531,7 @@ def run_export(
     progress = progress or NullProgress()
     store = store_for(cfg)
     given = {"format": fmt, "split": split, "max_seq_len": max_seq_len, "tokenizer": tokenizer}
-    given |= {"on_too_long": on_too_long, "push_to_hub": push_to_hub}
+    given |= {"on_too_long": on_too_long, "push_to_hub": push_to_hub, "curated_only": curated_only}
     try:
         ecfg = ExportConfig(**{**cfg.export.model_dump(), **{k: v for k, v in given.items() if v is not None}})
     except ValidationError as err:
@@ -550,15 +552,21 @@ def run_export(
         pretty_name=ecfg.pretty_name or f"datapipe {cfg.run_id} ({fmt})",
     )
     in_stage, record_type = ("preference", PreferencePair) if fmt == "dpo" else ("filter", Sample)
-    in_keys = store.current_keys(in_stage)
+    _, _, curation_key = load_decisions(store)
+    if fmt == "dpo" and curation_key and store.read_manifest("preference") is None:
+        in_keys: list[str] = []  # no judged pairs: only the reviewers' correction pairs
+    else:
+        in_keys = store.current_keys(in_stage)
     measured = fmt == "text" or ecfg.token_lengths
     tok_id = tokenizer_fingerprint(resolve_tokenizer_path(options.tokenizer)) if measured else None
     lengths_hash = content_id(options.length_settings(), tok_id, length=16)
     rec = StageRecorder(store, "export", content_id(lengths_hash, ecfg.split, ecfg.license, length=16))
-    key = f"_index/{fmt}-{content_id(in_keys, lengths_hash, length=16)}"
+    curation = [curation_key, ecfg.curated_only] if curation_key or ecfg.curated_only else []
+    key = f"_index/{fmt}-{content_id(in_keys, lengths_hash, *curation, length=16)}"
     reused = store.has_shard("export", key)
     known = {c.id: c.n_tokens for c in store.read_shard("export", key, TokenCount)} if reused else None
-    records: list[Any] = list(store.iter_records(in_stage, record_type))
+    stored: list[Any] = [r for k in in_keys for r in store.read_shard(in_stage, k, record_type)]
+    records, not_curated, curation_counts = apply_curation(store, stored, ecfg.curated_only, pairs=fmt == "dpo")
     progress.start("export", len(records))
     t0 = time.perf_counter()
     result = export_records(
@@ -573,9 +581,12 @@ def run_export(
         counts = pa.table(
             {"id": list(result.n_tokens), "n_tokens": list(result.n_tokens.values())}, schema=TokenCount.schema_
         )
-        store.write_shard("export", key, counts, result.rejects)
-    rec.add(key, in_keys, result.n_in, result.n_out, len(result.rejects), time.perf_counter() - t0, reused)
+        store.write_shard("export", key, counts, [*not_curated, *result.rejects])
+    n_rejected = len(not_curated) + len(result.rejects)
+    rec.add(key, in_keys, len(stored), result.n_out, n_rejected, time.perf_counter() - t0, reused)
     rec.extra.update(result.manifest_fields())
+    if curation_key or ecfg.curated_only:
+        rec.extra["curation"] = {"curated_only": ecfg.curated_only, **curation_counts}
     progress.done("export")
     manifest = rec.finish()
     if ecfg.push_to_hub:

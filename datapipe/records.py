@@ -163,6 +163,34 @@ _TEACHER_CALL = pa.struct(
 )
 
 
+class Curation(BaseModel):
+    """What human review in Argilla decided about a record (set by `datapipe curate pull`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["accepted", "corrected"]
+    dataset: str
+    reviewers: list[str]
+    policy: str
+    keep_votes: int
+    discard_votes: int
+    quality: float | None = None  # mean reviewer rating, 1-5
+    original_response: str | None = None  # the teacher's text a correction replaced
+
+
+_CURATION = pa.struct(
+    [
+        ("decision", pa.string()),
+        ("dataset", pa.string()),
+        ("reviewers", pa.list_(pa.string())),
+        ("policy", pa.string()),
+        ("keep_votes", pa.int32()),
+        ("discard_votes", pa.int32()),
+        ("quality", pa.float64()),
+        ("original_response", pa.string()),
+    ]
+)
+
+
 class Provenance(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source_path: str
@@ -176,6 +204,7 @@ class Provenance(BaseModel):
     leaf_kind: str | None = None
     context: str
     teacher_calls: list[TeacherCall]
+    curation: Curation | None = None
 
 
 _PROVENANCE = pa.struct(
@@ -191,6 +220,7 @@ _PROVENANCE = pa.struct(
         ("leaf_kind", pa.string()),
         ("context", pa.string()),
         ("teacher_calls", pa.list_(_TEACHER_CALL)),
+        ("curation", _CURATION),
     ]
 )
 
@@ -320,5 +350,37 @@ class PreferencePair(Record):
             ("judge_model", pa.string()),
             ("judge_prompt", pa.string()),
             ("provenance", _PROVENANCE),
+        ]
+    )
+
+
+class CurationDecision(Record):
+    """One reviewed (or still pending) Argilla record as of the last `datapipe curate pull`."""
+
+    record_id: str  # the sample id, or the preference pair id
+    kind: str  # instruction | qa | preference
+    dataset: str
+    decision: Literal["accepted", "corrected", "discarded", "pending", "conflict"]
+    corrected_text: str | None = None
+    reviewers: list[str] = []
+    keep_votes: int = 0
+    discard_votes: int = 0
+    drafts: int = 0
+    quality: float | None = None
+    detail: str = ""
+
+    schema_ = pa.schema(
+        [
+            ("record_id", pa.string()),
+            ("kind", pa.string()),
+            ("dataset", pa.string()),
+            ("decision", pa.string()),
+            ("corrected_text", pa.string()),
+            ("reviewers", pa.list_(pa.string())),
+            ("keep_votes", pa.int32()),
+            ("discard_votes", pa.int32()),
+            ("drafts", pa.int32()),
+            ("quality", pa.float64()),
+            ("detail", pa.string()),
         ]
     )

@@ -28,6 +28,7 @@ STAGE_DIRS = {
     "generate": "samples",
     "filter": "filtered",
     "preference": "preferences",
+    "curate": "curated",
     "export": "exports",
 }
 STAGES = list(STAGE_DIRS)
@@ -95,6 +96,14 @@ class RunStore:
 
     def write_manifest(self, stage: str, manifest: dict[str, Any]) -> None:
         _atomic_write_bytes(self.manifest_path(stage), json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+    def write_json(self, stage: str, name: str, obj: Any) -> None:
+        """A side file of a stage (e.g. the last Argilla push), written atomically."""
+        _atomic_write_bytes(self.stage_dir(stage) / name, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def read_json(self, stage: str, name: str) -> Any:
+        path = self.stage_dir(stage) / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def current_keys(self, stage: str) -> list[str]:
         manifest = self.read_manifest(stage)

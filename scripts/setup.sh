@@ -23,6 +23,9 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 
+# The Argilla server for the curation tests lives in its own virtual environment (its pins clash with ours).
+bash scripts/argilla/setup.sh
+
 if [ -f "$STAMP" ]; then
   echo "setup: $VENV is up to date"
   exit 0

@@ -40,6 +40,7 @@ UNITS = {
     "generate": "samples",
     "filter": "kept samples",
     "preference": "preference pairs",
+    "curate": "reviewed records",
     "export": "exported rows",
 }
 DUPLICATE_KINDS = ("duplicate_of", "near_duplicate_of", "semantic_duplicate_of")
