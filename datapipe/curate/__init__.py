@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -285,7 +286,9 @@ class PushResult:
 def _ensure_workspace(conn: Connection, name: str) -> Any:
     import argilla as rg
 
-    ws = conn.client.workspaces(name)
+    with warnings.catch_warnings():  # the SDK warns when a lookup finds nothing
+        warnings.simplefilter("ignore")
+        ws = conn.client.workspaces(name)
     if ws is None:
         ws = rg.Workspace(name=name, client=conn.client).create()
     return ws
@@ -294,7 +297,9 @@ def _ensure_workspace(conn: Connection, name: str) -> Any:
 def _ensure_dataset(conn: Connection, ws: Any, name: str, kind: str, score_props: list[str]) -> Any:
     import argilla as rg
 
-    ds = conn.client.datasets(name, workspace=ws)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = conn.client.datasets(name, workspace=ws)
     if ds is None:
         return rg.Dataset(name=name, workspace=ws, settings=_settings(kind, score_props), client=conn.client).create()
     have_fields = {f.name for f in ds.settings.fields}
@@ -444,7 +449,9 @@ def pull(cfg: PipelineConfig, store: RunStore, progress: Any = None) -> PullResu
     decisions: list[CurationDecision] = []
     missing = 0
     try:
-        ws = conn.client.workspaces(cfg.curate.workspace)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ws = conn.client.workspaces(cfg.curate.workspace)
         if ws is None:
             raise CurationError(
                 f"Argilla workspace {cfg.curate.workspace!r} does not exist at {conn.url}: "
@@ -453,7 +460,9 @@ def pull(cfg: PipelineConfig, store: RunStore, progress: Any = None) -> PullResu
         users = {str(u.id): u.username for u in conn.client.users}
         for kind, records in items.items():
             name = dataset_name(cfg, kind)
-            ds = conn.client.datasets(name, workspace=ws)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = conn.client.datasets(name, workspace=ws)
             if ds is None:
                 missing += len(records)
                 continue

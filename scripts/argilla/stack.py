@@ -65,6 +65,7 @@ class ArgillaStack:
         return proc
 
     def start(self, port: int = 0, startup_timeout: float = 120.0) -> ArgillaStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         python = VENV / "bin" / "python"
         if not python.exists():
             raise RuntimeError(f"{python} is missing: run `bash scripts/argilla/setup.sh` first")
