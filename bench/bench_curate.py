@@ -119,29 +119,28 @@ def main() -> None:
             conn = connect(cfg.curate)
             ws = rg.Workspace(name=f"sdk{r}", client=conn.client).create()
 
-            def sdk_side() -> float:
+            def sdk_side(r: int = r, ws: object = ws, props: list = props, records: list = records) -> float:
+                batch = 200  # curate.batch_size's default, as datapipe sends them
                 t = time.perf_counter()
-                ds = rg.Dataset(name=f"sdk-{r}", workspace=ws, settings=_settings("instruction", props))
-                ds = ds.create()
-                for i in range(0, len(records), cfg.curate.batch_size):
-                    batch = records[i : i + cfg.curate.batch_size]
-                    ds.records.log(batch, batch_size=len(batch))
+                ds = rg.Dataset(name=f"sdk-{r}", workspace=ws, settings=_settings("instruction", props)).create()
+                for i in range(0, len(records), batch):
+                    ds.records.log(records[i : i + batch], batch_size=len(records[i : i + batch]))
                 return time.perf_counter() - t
 
-            def our_side() -> float:
+            def our_side(r: int = r, cfg: object = cfg, store: object = store) -> float:
                 t = time.perf_counter()
-                result = push(cfg, store)
+                result = push(cfg, store)  # type: ignore[arg-type]
                 assert result.datasets[f"bench{r}-instruction"]["on_server"] == args.n, result.datasets
                 return time.perf_counter() - t
 
-            first, second = (our_side, sdk_side) if r % 2 == 0 else (sdk_side, our_side)
-            a, b = first(), second()
-            o, s = (a, b) if first is our_side else (b, a)
+            if r % 2 == 0:
+                o, s = our_side(), sdk_side()
+            else:
+                s, o = sdk_side(), our_side()
             ours.append(o)
             sdk.append(s)
-            print(
-                f"round {r + 1}: datapipe push {o:.2f} s, SDK log alone {s:.2f} s ({args.n / o:.0f} vs {args.n / s:.0f} rec/s)"
-            )
+            rates = f"{args.n / o:.0f} vs {args.n / s:.0f} records/s"
+            print(f"round {r + 1}: datapipe push {o:.2f} s, SDK log alone {s:.2f} s ({rates})")
 
         cfg, store = cfg0  # type: ignore[misc]
         t = time.perf_counter()
