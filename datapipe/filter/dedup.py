@@ -6,6 +6,7 @@ others as ``duplicate_of:<representative id>``; the detail says which strength f
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -39,11 +40,13 @@ def near_duplicates(
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
     dupes: dict[str, tuple[str, float]] = {}
     by_id: dict[str, Any] = {}
+    order = {s.id: i for i, s in enumerate(samples)}
     for s, m in zip(samples, hashes, strict=True):
         best: tuple[str, float] | None = None
         for cand in lsh.query(m):
             j = m.jaccard(by_id[cand])
-            if j >= cfg.threshold and (best is None or j > best[1]):
+            better = best is None or j > best[1] or (j == best[1] and order[cand] < order[best[0]])
+            if j >= cfg.threshold and better:  # ties: the earliest sample, so the result is deterministic
                 best = (cand, j)
         if best is not None:
             dupes[s.id] = best
@@ -51,6 +54,113 @@ def near_duplicates(
         lsh.insert(s.id, m)
         by_id[s.id] = m
     return dupes
+
+
+# Partitioned near-dedup: the same result as near_duplicates, computed in three steps whose first two
+# run as independent tasks (locally, or as Ray tasks), so no process needs every sample:
+#   1. signatures: per slice of samples, MinHash signatures cut into LSH bands; each (band, band hash)
+#      is routed to a partition by its hash;
+#   2. buckets: per partition, samples that share a band bucket are candidate pairs; each pair's
+#      estimated Jaccard is checked there, and only pairs over the threshold leave the task;
+#   3. resolve: one pass over the (sparse) pairs in input order keeps the first sample of each
+#      cluster and maps the others to their most similar kept one -- exactly what near_duplicates does.
+# Memory: step 1 holds a slice, step 2 a partition's band entries, step 3 the pairs over the threshold.
+
+MapFn = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
+
+
+def _local_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    return [fn(x) for x in items]
+
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) as datasketch's MinHashLSH picks them for this threshold."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return int(lsh.b), int(lsh.r)
+
+
+def band_entries(job: tuple[int, list[str], int, int, int, int, int]) -> list[list[tuple[int, bytes, int, bytes]]]:
+    """Step 1 for one slice: per partition, the entries (band, band bytes, sample index, signature bytes)."""
+    from datasketch import MinHash
+
+    start, texts, shingle_words, num_perm, bands, rows, partitions = job
+    out: list[list[tuple[int, bytes, int, bytes]]] = [[] for _ in range(partitions)]
+    hashes = MinHash.bulk([shingles(t, shingle_words) for t in texts], num_perm=num_perm)
+    for offset, m in enumerate(hashes):
+        sig = np.asarray(m.hashvalues, dtype=np.uint64)
+        blob = sig.tobytes()
+        for b in range(bands):
+            key = sig[b * rows : (b + 1) * rows].tobytes()
+            part = int.from_bytes(hashlib.blake2b(bytes([b]) + key, digest_size=8).digest(), "little") % partitions
+            out[part].append((b, key, start + offset, blob))
+    return out
+
+
+def bucket_pairs(job: tuple[list[tuple[int, bytes, int, bytes]], float]) -> list[tuple[int, int, float]]:
+    """Step 2 for one partition: (later index, earlier index, estimated Jaccard) over the threshold."""
+    entries, threshold = job
+    buckets: dict[tuple[int, bytes], list[tuple[int, bytes]]] = {}
+    for band, key, idx, blob in entries:
+        buckets.setdefault((band, key), []).append((idx, blob))
+    pairs: dict[tuple[int, int], float] = {}
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        members.sort()
+        sigs = [np.frombuffer(blob, dtype=np.uint64) for _, blob in members]
+        for a in range(1, len(members)):
+            for c in range(a):
+                pair = (members[a][0], members[c][0])
+                if pair not in pairs:
+                    j = float(np.count_nonzero(sigs[a] == sigs[c])) / len(sigs[a])
+                    if j >= threshold:
+                        pairs[pair] = j
+    return [(i, k, j) for (i, k), j in pairs.items()]
+
+
+def resolve_clusters(n: int, pairs: list[tuple[int, int, float]]) -> dict[int, tuple[int, float]]:
+    """Step 3: index -> (representative index, Jaccard), first-kept-wins in input order."""
+    earlier: dict[int, list[tuple[int, float]]] = {}
+    for i, k, j in pairs:
+        earlier.setdefault(i, []).append((k, j))
+    kept = np.ones(n, dtype=bool)
+    dupes: dict[int, tuple[int, float]] = {}
+    for i in sorted(earlier):
+        best: tuple[int, float] | None = None
+        for k, j in earlier[i]:
+            if kept[k] and (best is None or j > best[1] or (j == best[1] and k < best[0])):
+                best = (k, j)
+        if best is not None:
+            dupes[i] = best
+            kept[i] = False
+    return dupes
+
+
+def near_duplicates_partitioned(
+    samples: list[Sample],
+    cfg: NearDedupConfig,
+    partitions: int = 4,
+    slice_size: int = 10_000,
+    map_fn: MapFn = _local_map,
+    texts: Callable[[Sample], str] = _text,
+) -> dict[str, tuple[str, float]]:
+    """near_duplicates as independent tasks run through ``map_fn`` (e.g. one Ray task per slice/partition)."""
+    if len(samples) < 2:
+        return {}
+    bands, rows = lsh_bands(cfg.threshold, cfg.num_perm)
+    jobs = [
+        (start, [texts(s) for s in samples[start : start + slice_size]], cfg.shingle_words, cfg.num_perm)
+        + (bands, rows, partitions)
+        for start in range(0, len(samples), slice_size)
+    ]
+    per_slice = map_fn(band_entries, jobs)
+    per_partition = [[e for sl in per_slice for e in sl[p]] for p in range(partitions)]
+    del per_slice
+    pairs = [pair for part in map_fn(bucket_pairs, [(e, cfg.threshold) for e in per_partition]) for pair in part]
+    dupes = resolve_clusters(len(samples), pairs)
+    return {samples[i].id: (samples[k].id, j) for i, (k, j) in dupes.items()}
 
 
 def semantic_duplicates(

@@ -19,7 +19,7 @@ from datapipe.config import (
 )
 from datapipe.filter import filter_samples
 from datapipe.filter.decontam import Decontaminator
-from datapipe.filter.dedup import near_duplicates, semantic_duplicates
+from datapipe.filter.dedup import near_duplicates, near_duplicates_partitioned, semantic_duplicates
 from datapipe.filter.grounding import check_grounding
 from datapipe.pipeline import NullProgress, apply_filters
 from datapipe.records import Reject, Sample
@@ -54,6 +54,30 @@ def test_near_duplicates_made_by_light_edits_are_caught(corpus_docs: Path) -> No
     dupes = near_duplicates(base + edited, NearDedupConfig())
     assert {k for k in dupes} == {f"se{i}" for i in range(10)}
     assert all(dupes[f"se{i}"][0] == f"s{i}" for i in range(10))
+
+
+def test_partitioned_near_dedup_finds_exactly_what_the_single_process_one_finds(corpus_docs: Path) -> None:
+    """Slices and band partitions (as Ray would run them) give the same clusters as one in-memory LSH,
+    including chains: C near B near A, where B is dropped for A and C must be judged against kept ones only."""
+    import random
+
+    rng = random.Random(7)
+    words_all = " ".join((corpus_docs / name).read_text(encoding="utf-8") for name in ("norwich-city.txt",)).split()
+    samples = []
+    for i in range(300):
+        start = rng.randrange(0, len(words_all) - 50)
+        words = words_all[start : start + 40]
+        samples.append(sample(i, f"Passage {i}", " ".join(words)))
+        for e in range(rng.choice([0, 0, 1, 3])):  # variants of this passage, each a few words further edited
+            words = list(words)
+            words[rng.randrange(len(words))] = rng.choice(["remarkably", "indeed", "club", "Norfolk"])
+            samples.append(sample(f"{i}v{e}", f"Passage {i}", " ".join(words)))
+    rng.shuffle(samples)
+    cfg = NearDedupConfig()
+    single = near_duplicates(samples, cfg)
+    assert 50 < len(single) < len(samples) // 2
+    for partitions, slice_size in ((1, 10_000), (3, 64), (8, 17)):
+        assert near_duplicates_partitioned(samples, cfg, partitions=partitions, slice_size=slice_size) == single
 
 
 def test_semantic_paraphrases_caught_distinct_questions_kept(model: object) -> None:
