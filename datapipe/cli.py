@@ -95,11 +95,11 @@ def run(
     t0 = time.time()
     try:
         load_target(target)  # fail fast on a bad config, before Prefect starts
-        from flows.pipeline import pipeline_flow, set_progress
+        from flows.pipeline import flow_for, set_progress
 
         with RichProgress() as progress:
             set_progress(progress)
-            pipeline_flow(target, export_format)
+            flow_for(target)(target, export_format)
     except DatapipeError as exc:
         _fail(exc)
     _summary(target, time.time() - t0)

@@ -157,6 +157,13 @@ class NearDedupConfig(_Strict):
     threshold: float = Field(0.7, gt=0, le=1, description="estimated Jaccard similarity that counts as duplicate")
     num_perm: int = Field(128, ge=16)
     shingle_words: int = Field(3, ge=1)
+    partitions: int = Field(
+        1,
+        ge=1,
+        description="1: one in-memory LSH; more: LSH bands split by band hash into this many tasks "
+        "(Ray tasks under runner.kind: ray), for sample sets that do not fit one process",
+    )
+    slice_size: int = Field(10_000, ge=1, description="samples per signature task when partitions > 1")
 
 
 class SemanticDedupConfig(_Strict):
@@ -268,6 +275,18 @@ class CurateConfig(_Strict):
     batch_size: int = Field(200, ge=1, le=500, description="records per upsert request")
 
 
+class RunnerConfig(_Strict):
+    """Where stage shards run: in this process (local), or as Ray tasks on a cluster (prefect-ray)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(
+        None, description="ray: the cluster (host:port); default: $RAY_ADDRESS, else a Ray started for the run"
+    )
+    parts: int | None = Field(
+        None, ge=1, description="ray: shares each stage's shards are split into (default: the cluster's CPUs)"
+    )
+
+
 class PipelineConfig(_Strict):
     run_id: str | None = Field(None, description="default: the config file's stem")
     store: str = Field("runs", description="run store root; relative paths resolve against the config file")
@@ -281,6 +300,7 @@ class PipelineConfig(_Strict):
     filter: FilterConfig = FilterConfig()
     export: ExportConfig = ExportConfig()
     curate: CurateConfig = CurateConfig()
+    runner: RunnerConfig = RunnerConfig()
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
 

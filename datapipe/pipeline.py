@@ -34,6 +34,37 @@ class NullProgress:
         pass
 
 
+Part = tuple[int, int] | None
+"""``(i, n)``: run only the i-th of n shares of a stage's shards (a worker's share, e.g. a Ray task), or None."""
+
+
+def local_map(fn: Any, items: list[Any]) -> list[Any]:
+    return [fn(x) for x in items]
+
+
+def in_part(key: str, part: Part) -> bool:
+    """Whether the shard ``key`` belongs to ``part``: a stable hash of the key, modulo the number of parts."""
+    return part is None or int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % part[1] == part[0]
+
+
+def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Teacher statistics of several processes (stage parts) added up."""
+    out: dict[str, Any] = {}
+    for st in stats:
+        for k, v in st.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float, dict, list)):
+                out.setdefault(k, v)
+            elif isinstance(v, dict):
+                acc = out.setdefault(k, {})
+                for kk, vv in v.items():
+                    acc[kk] = acc.get(kk, 0) + vv
+            elif isinstance(v, list):
+                out[k] = (out.get(k, []) + v)[:100]
+            else:
+                out[k] = round(out.get(k, 0) + v, 3)
+    return out
+
+
 def store_for(cfg: PipelineConfig) -> RunStore:
     return RunStore(cfg.run_dir)
 
@@ -47,7 +78,16 @@ def _file_digest(path: Path) -> str:
         return f"unreadable:{type(exc).__name__}"
 
 
-def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
+def run_extract(
+    cfg: PipelineConfig,
+    progress: Progress | None = None,
+    *,
+    part: Part = None,
+    done_elsewhere: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Extract every source into a shard of its own. With ``part``, only that share of the sources
+    (by path) and no manifest: returns ``{"computed": {shard key: seconds}}`` for the driver's
+    full pass, which then finds those shards complete (``done_elsewhere``)."""
     from datapipe.extract import extract_file, resolve_sources
 
     progress = progress or NullProgress()
@@ -65,11 +105,24 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
         store.write_shard("extract", key, Document.to_table([]), source_rejects)
         rec.add(key, [r.record_id for r in source_rejects], len(source_rejects), 0, len(source_rejects), 0.0, False)
     seen: dict[tuple[str, str | None], str] = {}
+    done_elsewhere = done_elsewhere or {}
+    computed: dict[str, float] = {}
     for src in sources:
+        if not in_part(str(src.path), part):
+            continue
         t0 = time.perf_counter()
         digest = _file_digest(src.path)
         key = content_id(str(src.path), digest, cfg_hash, src.taxonomy_path)
         reused = store.has_shard("extract", key)
+        if part is not None:
+            if not reused:
+                out = extract_file(src, cfg.extract, None if digest.startswith("unreadable:") else digest)
+                docs = [out] if isinstance(out, Document) else []
+                store.write_shard("extract", key, Document.to_table(docs), [out] if isinstance(out, Reject) else [])
+                computed[key] = time.perf_counter() - t0
+            continue
+        if key in done_elsewhere:
+            reused = False
         if reused:
             docs = store.read_shard("extract", key, Document)
             n_rej = len(store.read_shard_rejects("extract", key))
@@ -100,8 +153,11 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
         else:
             if docs:
                 seen[(docs[0].id, src.taxonomy_path)] = str(src.path)
-            rec.add(key, [str(src.path)], 1, len(docs), n_rej, time.perf_counter() - t0, reused)
+            seconds = done_elsewhere.get(key, time.perf_counter() - t0)
+            rec.add(key, [str(src.path)], 1, len(docs), n_rej, seconds, reused)
         progress.advance("extract")
+    if part is not None:
+        return {"computed": computed}
     progress.done("extract")
     return rec.finish()
 
@@ -137,7 +193,14 @@ def taxonomy_sources(cfg: PipelineConfig) -> list[Any]:
     return out
 
 
-def run_chunk(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
+def run_chunk(
+    cfg: PipelineConfig,
+    progress: Progress | None = None,
+    *,
+    part: Part = None,
+    done_elsewhere: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Chunk each extract shard into a chunk shard (``part``/``done_elsewhere``: see :func:`run_extract`)."""
     from datapipe.chunk import SemanticChunker
 
     progress = progress or NullProgress()
@@ -147,20 +210,31 @@ def run_chunk(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str
     rec = StageRecorder(store, "chunk", cfg_hash)
     chunker: SemanticChunker | None = None
     progress.start("chunk", len(in_keys))
+    done_elsewhere = done_elsewhere or {}
+    computed: dict[str, float] = {}
     for in_key in in_keys:
+        key = content_id(in_key, cfg_hash)
+        if not in_part(key, part) or (part is not None and store.has_shard("chunk", key)):
+            continue
         t0 = time.perf_counter()
         docs = store.read_shard("extract", in_key, Document)
-        key = content_id(in_key, cfg_hash)
-        reused = store.has_shard("chunk", key)
-        if reused:
+        reused = store.has_shard("chunk", key) and key not in done_elsewhere
+        if key in done_elsewhere:
+            n_out = len(store.read_shard("chunk", key, Chunk))
+        elif reused:
             n_out = len(store.read_shard("chunk", key, Chunk))
         else:
             chunker = chunker or SemanticChunker(cfg.chunk)
             chunks = [c for d in docs for c in chunker.chunk(d)]
             store.write_shard("chunk", key, Chunk.to_table(chunks), [])
             n_out = len(chunks)
-        rec.add(key, [in_key], len(docs), n_out, 0, time.perf_counter() - t0, reused)
+            computed[key] = time.perf_counter() - t0
+        if part is not None:
+            continue
+        rec.add(key, [in_key], len(docs), n_out, 0, done_elsewhere.get(key, time.perf_counter() - t0), reused)
         progress.advance("chunk")
+    if part is not None:
+        return {"computed": computed}
     progress.done("chunk")
     return rec.finish()
 
@@ -189,7 +263,17 @@ def build_teacher(cfg: PipelineConfig) -> Any:
     return Teacher(cfg.teacher, teacher_cache_path(cfg))
 
 
-def run_generate(cfg: PipelineConfig, progress: Progress | None = None, teacher: Any = None) -> dict[str, Any]:
+def run_generate(
+    cfg: PipelineConfig,
+    progress: Progress | None = None,
+    teacher: Any = None,
+    *,
+    part: Part = None,
+    done_elsewhere: dict[str, float] | None = None,
+    stats_elsewhere: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Generate samples per chunk shard (instruction) and per taxonomy leaf (qa). ``part``/``done_elsewhere``:
+    see :func:`run_extract`; a part also returns its teacher statistics, which the driver adds up."""
     from datapipe.generate.instruction import InstructionGenerator
     from datapipe.generate.prompts import load_prompt
     from datapipe.generate.qa import QAGenerator
@@ -277,12 +361,21 @@ def run_generate(cfg: PipelineConfig, progress: Progress | None = None, teacher:
                 jobs.append((key, [leaf.taxonomy_path], 1, skill_job))
 
     rec = StageRecorder(store, "generate", content_id(hashes, length=16))
+    if part is not None:
+        jobs = [j for j in jobs if in_part(j[0], part) and not store.has_shard("generate", j[0])]
+    done_elsewhere = done_elsewhere or {}
     progress.start("generate", sum(n for _, _, n, _ in jobs))
     results: dict[str, tuple[list[str], int, int, int, int, float, bool]] = {}
 
     async def one_job(key: str, inputs: list[str], n_in: int, job: Any) -> None:
         t0 = time.perf_counter()
         reused = store.has_shard("generate", key)
+        if key in done_elsewhere:
+            n_out = len(store.read_shard("generate", key, Sample))
+            n_rej = len(store.read_shard_rejects("generate", key))
+            progress.advance("generate", n_in)
+            results[key] = (inputs, n_in, n_out, n_rej, 0, done_elsewhere[key], False)
+            return
         if reused:
             n_out = len(store.read_shard("generate", key, Sample))
             n_rej = len(store.read_shard_rejects("generate", key))
@@ -304,10 +397,12 @@ def run_generate(cfg: PipelineConfig, progress: Progress | None = None, teacher:
             await asyncio.gather(*(bounded(*j) for j in jobs))
 
     asyncio.run(main())
+    if part is not None:
+        return {"computed": {k: r[5] for k, r in results.items()}, "teacher": teacher.stats.as_dict()}
     for key, _, _, _ in jobs:
         inputs, n_in, n_out, n_rej, _, seconds, reused = results[key]
         rec.add(key, inputs, n_in, n_out, n_rej, seconds, reused)
-    rec.extra["teacher"] = {**teacher.identity, **teacher.stats.as_dict()}
+    rec.extra["teacher"] = {**teacher.identity, **merge_stats([teacher.stats.as_dict(), *(stats_elsewhere or [])])}
     progress.done("generate")
     return rec.finish()
 
@@ -333,9 +428,10 @@ def _benchmark_digests(cfg: PipelineConfig) -> list[str]:
 
 
 def apply_filters(
-    cfg: PipelineConfig, samples: list[Sample], progress: Progress, judge: Any = None
+    cfg: PipelineConfig, samples: list[Sample], progress: Progress, judge: Any = None, map_fn: Any = None
 ) -> tuple[list[Sample], list[Reject], dict[str, int]]:
-    """All filters in order, cheapest first; returns kept samples, rejects and per-filter drop counts."""
+    """All filters in order, cheapest first; returns kept samples, rejects and per-filter drop counts.
+    ``map_fn`` runs the partitioned near-dedup's tasks (default: in this process)."""
     from datapipe.chunk import count_tokens, load_embedder
     from datapipe.filter import dedup, filter_samples, grounding
     from datapipe.filter.decontam import Decontaminator
@@ -367,7 +463,12 @@ def apply_filters(
         drop("grounding", grounding.as_rejects(kept, bad, fcfg.grounding))
         kept = [s for s in kept if s.id not in bad]
     if fcfg.near_dedup.enabled and kept:
-        near = dedup.near_duplicates(kept, fcfg.near_dedup)
+        if fcfg.near_dedup.partitions > 1:
+            near = dedup.near_duplicates_partitioned(
+                kept, fcfg.near_dedup, fcfg.near_dedup.partitions, fcfg.near_dedup.slice_size, map_fn or local_map
+            )
+        else:
+            near = dedup.near_duplicates(kept, fcfg.near_dedup)
         drop("near_dedup", dedup.as_rejects(kept, near, "near (MinHash)"))
         kept = [s for s in kept if s.id not in near]
     if fcfg.semantic_dedup.enabled and kept and model is not None:
@@ -387,7 +488,8 @@ def apply_filters(
     return kept, rejects, dropped
 
 
-def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
+def run_filter(cfg: PipelineConfig, progress: Progress | None = None, map_fn: Any = None) -> dict[str, Any]:
+    """One filter shard over all samples (dedup is global); ``map_fn``: see :func:`apply_filters`."""
     progress = progress or NullProgress()
     store = store_for(cfg)
     in_keys = store.current_keys("generate")
@@ -405,7 +507,7 @@ def run_filter(cfg: PipelineConfig, progress: Progress | None = None) -> dict[st
         n_rej = len(store.read_shard_rejects("filter", key))
         progress.advance("filter", len(samples))
     else:
-        kept, rejects, dropped = apply_filters(cfg, samples, progress, judge)
+        kept, rejects, dropped = apply_filters(cfg, samples, progress, judge, map_fn)
         if judge is not None:
             rec.extra["teacher"] = {**judge.teacher.identity, **judge.teacher.stats.as_dict(), "step": "judge"}
         rec.extra["dropped_by_step"] = dropped
