@@ -66,6 +66,10 @@ class TeacherConfig(_Strict):
     base_url: str | None = Field(None, description="openai backend: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
     max_concurrency: int = Field(4, ge=1)
+    adaptive_concurrency: bool = Field(
+        True, description="halve the requests in flight on a 429, add one back per window of successes (AIMD)"
+    )
+    min_concurrency: int = Field(1, ge=1, description="adaptive concurrency never goes below this")
     max_retries: int = Field(5, ge=0)
     backoff_base_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
