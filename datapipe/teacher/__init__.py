@@ -70,6 +70,8 @@ class TeacherStats:
             "failures": self.failures,
             "faults": dict(self.faults),
             "retry_after_waits": self.retry_after_waits[:100],
+            "retry_after_count": len(self.retry_after_waits),
+            "retry_after_max_s": max(self.retry_after_waits, default=0.0),
             "seconds_in_calls": round(self.seconds_in_calls, 3),
             "concurrency": self.concurrency,
         }

@@ -7,8 +7,9 @@ socket: reset a connection, cut a body short, hang. Each ``POST`` takes its faul
 1. ``script``: the next entry, while any are left (scripted tests);
 2. ``max_in_flight``: a 429 (fault ``limit``) when that many requests are already being
    served, as a concurrency-limited API does (``None``: no limit; settable while running);
-3. ``fault_rate``: with this probability, a fault drawn at random from ``faults``
-   (seeded: the same seed gives the same sequence of draws);
+3. ``fault_rate``: with this probability, a fault from ``faults``, dealt from a shuffled deck
+   (reshuffled when used up), so that a short run still sees every kind; seeded: the same
+   seed gives the same sequence of draws, whatever the order requests arrive in;
 
 and otherwise the request is forwarded unchanged. Faults:
 
@@ -86,6 +87,7 @@ class FaultProxy:
         self.fault_rate = fault_rate
         self.faults = faults
         self.rng = random.Random(seed)
+        self._deck: list[str] = []
         self.hang_s = hang_s
         self.max_in_flight = max_in_flight
         self.arrivals: list[tuple[float, str]] = []
@@ -124,7 +126,10 @@ class FaultProxy:
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
             return "limit"
         if self.fault_rate and self.rng.random() < self.fault_rate:
-            return self.rng.choice(self.faults)
+            if not self._deck:
+                self._deck = list(self.faults)
+                self.rng.shuffle(self._deck)
+            return self._deck.pop()
         return "ok"
 
     def _run(self) -> None:
