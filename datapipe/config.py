@@ -26,6 +26,15 @@ class ExtractConfig(_Strict):
     pdf_strategy: Literal["fast", "hi_res", "ocr_only", "auto"] = "fast"
     min_chars: int = Field(64, ge=0, description="documents with fewer characters are rejected")
     max_file_mb: float = Field(100.0, gt=0, description="larger files are rejected unread")
+    max_text_mb: float = Field(
+        10.0, gt=0, description="txt/md/html are read whole: larger ones are rejected unread (too_large)"
+    )
+    max_unpacked_mb: float = Field(
+        500.0, gt=0, description="docx/pptx/xlsx whose ZIP unpacks to more are rejected unread (too_large)"
+    )
+    max_zip_ratio: float = Field(
+        100.0, gt=1, description="docx/pptx/xlsx unpacking to more than this many times their size: zip_bomb"
+    )
     extensions: list[str] = [".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".txt"]
     skip_categories: list[str] = Field(
         ["Header", "Footer", "PageBreak"], description="unstructured element types dropped"

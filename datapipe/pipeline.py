@@ -38,17 +38,22 @@ def store_for(cfg: PipelineConfig) -> RunStore:
     return RunStore(cfg.run_dir)
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, limit_bytes: float | None = None) -> str:
+    """SHA-256 of a file; not read (a stand-in from size and mtime) when it is not a regular file or is over
+    ``limit_bytes``: extract rejects those unread, and a FIFO would block the read for ever."""
     from datapipe.extract import sha256_file
 
     try:
+        st = path.stat()
+        if not path.is_file() or (limit_bytes is not None and st.st_size > limit_bytes):
+            return f"unread:{st.st_size}:{st.st_mtime_ns}"
         return sha256_file(path)
     except OSError as exc:
         return f"unreadable:{type(exc).__name__}"
 
 
 def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
-    from datapipe.extract import extract_file, resolve_sources
+    from datapipe.extract import extract_file, resolve_sources, size_limit
 
     progress = progress or NullProgress()
     store = store_for(cfg)
@@ -67,14 +72,14 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
     seen: dict[tuple[str, str | None], str] = {}
     for src in sources:
         t0 = time.perf_counter()
-        digest = _file_digest(src.path)
-        key = content_id(str(src.path), digest, cfg_hash, src.taxonomy_path)
+        digest = _file_digest(src.path, size_limit(src.path, cfg.extract)[0])
+        key = content_id(src.display, digest, cfg_hash, src.taxonomy_path)
         reused = store.has_shard("extract", key)
         if reused:
             docs = store.read_shard("extract", key, Document)
             n_rej = len(store.read_shard_rejects("extract", key))
         else:
-            out = extract_file(src, cfg.extract, None if digest.startswith("unreadable:") else digest)
+            out = extract_file(src, cfg.extract, None if digest.startswith(("unreadable:", "unread:")) else digest)
             docs = [out] if isinstance(out, Document) else []
             rejects = [out] if isinstance(out, Reject) else []
             store.write_shard("extract", key, Document.to_table(docs), rejects)
@@ -92,15 +97,15 @@ def run_extract(cfg: PipelineConfig, progress: Progress | None = None) -> dict[s
                             record_id=docs[0].id,
                             reason=f"duplicate_of:{docs[0].id}",
                             detail=f"same bytes as {seen[(docs[0].id, src.taxonomy_path)]}",
-                            source_path=str(src.path),
+                            source_path=src.display,
                         )
                     ],
                 )
-            rec.add(dup_key, [str(src.path)], 1, 0, 1, time.perf_counter() - t0, reused)
+            rec.add(dup_key, [src.display], 1, 0, 1, time.perf_counter() - t0, reused)
         else:
             if docs:
-                seen[(docs[0].id, src.taxonomy_path)] = str(src.path)
-            rec.add(key, [str(src.path)], 1, len(docs), n_rej, time.perf_counter() - t0, reused)
+                seen[(docs[0].id, src.taxonomy_path)] = src.display
+            rec.add(key, [src.display], 1, len(docs), n_rej, time.perf_counter() - t0, reused)
         progress.advance("extract")
     progress.done("extract")
     return rec.finish()
