@@ -287,6 +287,11 @@ class Teacher:
     def identity(self) -> dict[str, str]:
         return self.backend.identity
 
+    @property
+    def limiter(self) -> AdaptiveLimiter | None:
+        """The concurrency limiter of the open session (its ``limit`` and ``in_flight`` now), else None."""
+        return self._limiter
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Teacher]:
         self._limiter = AdaptiveLimiter(
@@ -340,8 +345,8 @@ class Teacher:
                 break
             except TransientError as exc:
                 self.stats.faults[_fault_kind(str(exc))] += 1
-                if exc.status == 429:
-                    limiter.rate_limited(sent_at)
+                if exc.status == 429 or str(exc) == "timeout":
+                    limiter.congested(sent_at, "429" if exc.status == 429 else "timeout")
                 if attempt >= self.cfg.max_retries:
                     self.stats.failures += 1
                     raise TeacherError(

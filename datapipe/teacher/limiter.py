@@ -4,9 +4,10 @@ A rate-limited server answers 429 when too many requests arrive at once. Sending
 concurrency above the server's limit turns most requests into 429s and retries (a retry
 storm); sending at 1 leaves capacity unused. The limiter does what TCP does with congestion:
 
-* multiplicative decrease: on a 429 the limit is halved (never below ``min_limit``), once per
-  window: 429s for requests sent before the last decrease do not halve it again;
-* additive increase: after ``limit`` successes in a row without a 429 the limit grows by one,
+* multiplicative decrease: on a 429, or a request that timed out (an overloaded server that
+  queues instead of refusing), the limit is halved (never below ``min_limit``), once per
+  window: signals for requests sent before the last decrease do not halve it again;
+* additive increase: after ``limit`` successes in a row without such a signal the limit grows by one,
   up to ``max_limit``;
 * a ``Retry-After`` answer pauses every new request until that moment, not only the one that
   got it, so the other requests in the queue do not run into the same wall.
@@ -60,7 +61,7 @@ class ConcurrencyTrace:
 
 
 class AdaptiveLimiter:
-    """Bounds requests in flight; the bound adapts to 429s when ``adaptive`` is on."""
+    """Bounds requests in flight; the bound adapts to 429s and timeouts when ``adaptive`` is on."""
 
     def __init__(
         self,
@@ -123,8 +124,8 @@ class AdaptiveLimiter:
             async with self._cond:
                 self._cond.notify_all()
 
-    def rate_limited(self, sent_at: float) -> None:
-        """A 429 for a request let through at ``sent_at``: halve the limit, once per window."""
+    def congested(self, sent_at: float, why: str) -> None:
+        """A 429 or a timeout (``why``) for a request let through at ``sent_at``: halve the limit, once per window."""
         self._streak = 0
         if not self.adaptive or sent_at < self._last_decrease:
             return
@@ -133,7 +134,7 @@ class AdaptiveLimiter:
         if new != self.limit:
             self.limit = new
             self.trace.decreases += 1
-            self.trace.record(self._last_decrease, new, "429")
+            self.trace.record(self._last_decrease, new, why)
 
     def pause(self, seconds: float) -> None:
         """The server asked for a pause (Retry-After): no new request leaves before it ends.

@@ -12,10 +12,10 @@ def test_a_429_halves_the_limit_once_per_window() -> None:
     async def go() -> AdaptiveLimiter:
         lim = AdaptiveLimiter(8)
         sent = lim.now()
-        lim.rate_limited(sent)
-        lim.rate_limited(sent)  # sent before the decrease: the same burst, no second halving
+        lim.congested(sent, "429")
+        lim.congested(sent, "429")  # sent before the decrease: the same burst, no second halving
         await asyncio.sleep(0.01)
-        lim.rate_limited(lim.now())  # sent after it: a new signal
+        lim.congested(lim.now(), "429")  # sent after it: a new signal
         return lim
 
     lim = asyncio.run(go())
@@ -28,7 +28,7 @@ def test_successes_grow_the_limit_back_one_window_at_a_time() -> None:
     async def go() -> AdaptiveLimiter:
         lim = AdaptiveLimiter(4, min_limit=1)
         for _ in range(3):
-            lim.rate_limited(lim.now())
+            lim.congested(lim.now(), "429")
             await asyncio.sleep(0.001)
         assert lim.limit == 1
         for _ in range(1 + 2 + 3 + 10):  # window of 1, then 2, then 3 successes; then at the ceiling
@@ -48,7 +48,7 @@ def test_min_concurrency_is_a_floor_and_fixed_mode_never_moves() -> None:
         fixed = AdaptiveLimiter(8, adaptive=False)
         for _ in range(4):
             for lim in (floor, fixed):
-                lim.rate_limited(lim.now())
+                lim.congested(lim.now(), "429")
             await asyncio.sleep(0.001)
         return floor, fixed
 
@@ -93,3 +93,15 @@ def test_retry_after_pauses_every_new_request() -> None:
 
     asyncio.run(go())
     assert len(started) == 4 and min(started) >= 0.29
+
+
+def test_the_trace_says_why_the_limit_fell() -> None:
+    async def go() -> AdaptiveLimiter:
+        lim = AdaptiveLimiter(8)
+        lim.congested(lim.now(), "timeout")
+        await asyncio.sleep(0.001)
+        lim.congested(lim.now(), "429")
+        return lim
+
+    lim = asyncio.run(go())
+    assert [(c[1], c[2]) for c in lim.trace.changes] == [(4, "timeout"), (2, "429")]
