@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from datapipe.config import ExtractConfig, load_config
-from datapipe.extract import SourceFile, extract_file
+from datapipe.extract import SourceFile, extract_file, resolve_sources
 from datapipe.pipeline import run_chunk, run_extract, store_for
 from datapipe.records import Chunk, Document
 from tests.conftest import write_config
@@ -142,3 +142,15 @@ def test_limits_are_configurable(hostile: Path) -> None:
     out = extract_file(SourceFile(hostile / "zip-bomb.docx"), ExtractConfig(max_zip_ratio=5000, max_unpacked_mb=100))
     assert out.__class__.__name__ == "Reject" and out.reason == "too_large"  # type: ignore[union-attr]
     assert "extract.max_unpacked_mb" in out.detail  # type: ignore[union-attr]
+
+
+def test_globs_do_not_descend_into_folder_links(tmp_path: Path) -> None:
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "a.txt").write_text(PROSE)
+    (tmp_path / "docs" / "sub" / "b.txt").write_text(PROSE)
+    os.symlink(".", tmp_path / "docs" / "loop")  # glob.glob("**") follows it 40 levels deep (to ELOOP)
+    files, rejects = resolve_sources(["docs/**/*.txt"], tmp_path, ExtractConfig().extensions)
+    assert sorted(f.path.relative_to(tmp_path).as_posix() for f in files) == ["docs/a.txt", "docs/sub/b.txt"]
+    files, rejects = resolve_sources(["docs"], tmp_path, ExtractConfig().extensions)
+    assert len(files) == 2
+    assert [(Path(r.source_path or "").name, r.reason) for r in rejects] == [("loop", "symlinked_folder")]
