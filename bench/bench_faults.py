@@ -227,8 +227,10 @@ def main() -> int:
         proxy: FaultProxy = f["proxy"]
         t = f["teacher"]
         seen = proxy.counts()
+        n_faulty = sum(n for k, n in seen.items() if k != "ok")
         print(
-            f"proxy requests: {sum(seen.values())}; injected: " + ", ".join(f"{k} {n}" for k, n in seen.most_common())
+            f"proxy requests: {sum(seen.values())}, {n_faulty} faulty ({n_faulty / sum(seen.values()):.0%}): "
+            + ", ".join(f"{k} {n}" for k, n in seen.most_common())
         )
         print(f"client faults: {json.dumps(t['faults'], sort_keys=True)}")
         injected = sum(n for k, n in seen.items() if k not in ("ok", "garbage"))

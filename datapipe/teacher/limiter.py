@@ -5,10 +5,14 @@ concurrency above the server's limit turns most requests into 429s and retries (
 storm); sending at 1 leaves capacity unused. The limiter does what TCP does with congestion:
 
 * multiplicative decrease: on a 429, or a request that timed out (an overloaded server that
-  queues instead of refusing), the limit is halved (never below ``min_limit``), once per
-  window: signals for requests sent before the last decrease do not halve it again;
+  queues instead of refusing), the limit is halved, rounding up (never below ``min_limit``),
+  once per window: signals for requests sent before the last decrease do not halve it again;
 * additive increase: after ``limit`` successes in a row without such a signal the limit grows by one,
-  up to ``max_limit``;
+  up to ``max_limit``. The limit that drew the last 429 is remembered as a ceiling: growing
+  back to it takes ``PROBE_WINDOWS`` times as many successes, so the limiter stays just below a
+  server's limit most of the time instead of probing it (and being paused by Retry-After) every
+  few requests. A full window at the ceiling without a signal forgets it: the limit has lifted.
+  A timeout sets no ceiling: it may be one hung request rather than a limit;
 * a ``Retry-After`` answer pauses every new request until that moment, not only the one that
   got it, so the other requests in the queue do not run into the same wall.
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TRACE_LIMIT = 500
+PROBE_WINDOWS = 8
 
 
 @dataclass
@@ -81,6 +86,7 @@ class AdaptiveLimiter:
         self.trace = ConcurrencyTrace(start=self.limit)
         self._last_decrease = -1.0
         self._streak = 0
+        self.ceiling: int | None = None
         self._cond = asyncio.Condition()
 
     def now(self) -> float:
@@ -114,10 +120,15 @@ class AdaptiveLimiter:
         """A request came back: after a full window of successes, allow one more in flight."""
         if not self.adaptive or self.limit >= self.max_limit:
             self._streak = 0
+            self.ceiling = None
             return
         self._streak += 1
-        if self._streak >= self.limit:
+        at_ceiling = self.ceiling is not None and self.limit >= self.ceiling
+        probing = self.ceiling is not None and not at_ceiling and self.limit + 1 >= self.ceiling
+        if self._streak >= self.limit * (PROBE_WINDOWS if probing else 1):
             self._streak = 0
+            if at_ceiling:
+                self.ceiling = None
             self.limit += 1
             self.trace.increases += 1
             self.trace.record(self.now(), self.limit, "increase")
@@ -129,8 +140,10 @@ class AdaptiveLimiter:
         self._streak = 0
         if not self.adaptive or sent_at < self._last_decrease:
             return
-        new = max(self.min_limit, self.limit // 2)
+        new = max(self.min_limit, (self.limit + 1) // 2)
         self._last_decrease = self.now()
+        if why == "429":
+            self.ceiling = self.limit
         if new != self.limit:
             self.limit = new
             self.trace.decreases += 1
