@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from datapipe.errors import ConfigError
+from datapipe.yamlsafe import alias_problem
 
 
 class _Strict(BaseModel):
@@ -26,6 +29,15 @@ class ExtractConfig(_Strict):
     pdf_strategy: Literal["fast", "hi_res", "ocr_only", "auto"] = "fast"
     min_chars: int = Field(64, ge=0, description="documents with fewer characters are rejected")
     max_file_mb: float = Field(100.0, gt=0, description="larger files are rejected unread")
+    max_text_mb: float = Field(
+        10.0, gt=0, description="txt/md/html are read whole: larger ones are rejected unread (too_large)"
+    )
+    max_unpacked_mb: float = Field(
+        500.0, gt=0, description="docx/pptx/xlsx whose ZIP unpacks to more are rejected unread (too_large)"
+    )
+    max_zip_ratio: float = Field(
+        100.0, gt=1, description="docx/pptx/xlsx unpacking to more than this many times their size: zip_bomb"
+    )
     extensions: list[str] = [".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".txt"]
     skip_categories: list[str] = Field(
         ["Header", "Footer", "PageBreak"], description="unstructured element types dropped"
@@ -66,6 +78,10 @@ class TeacherConfig(_Strict):
     base_url: str | None = Field(None, description="openai backend: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
     max_concurrency: int = Field(4, ge=1)
+    adaptive_concurrency: bool = Field(
+        True, description="halve the requests in flight on a 429, add one back per window of successes (AIMD)"
+    )
+    min_concurrency: int = Field(1, ge=1, description="adaptive concurrency never goes below this")
     max_retries: int = Field(5, ge=0)
     backoff_base_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
@@ -74,6 +90,16 @@ class TeacherConfig(_Strict):
     n_threads: int | None = Field(None, ge=1, description="llamacpp CPU threads (default: all cores)")
     cache: bool = True
     cache_path: str | None = Field(None, description="default: <store>/.cache/teacher.sqlite")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_var_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                "must be the NAME of an environment variable (like OPENAI_API_KEY), not the key itself; "
+                "export the key in that variable"
+            )
+        return value
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> TeacherConfig:
@@ -324,14 +350,63 @@ class PipelineConfig(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
+_SECRET_WORDS = re.compile(r"key|token|secret|password", re.IGNORECASE)
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """The 1-based line of every key (and list item) in a YAML text, by its path: ``("chunk", "max_tokens")``.
+
+    Composed with the safe loader (no Python objects are built); a node reached twice through an
+    alias is walked once, so an alias bomb cannot blow the walk up. Empty when the text does not parse.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[tuple[str, ...], int] = {}
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                child = (*path, str(k.value))
+                out.setdefault(child, k.start_mark.line + 1)
+                walk(v, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                child = (*path, str(i))
+                out.setdefault(child, v.start_mark.line + 1)
+                walk(v, child)
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _format_validation_error(
+    err: ValidationError, origin: str, lines_of: dict[tuple[str, ...], int] | None = None
+) -> str:
+    """One line per problem, ``file:line: key: what is wrong``; values of secret-looking keys are not echoed."""
     lines = [f"invalid configuration in {origin}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = tuple(str(p) for p in e["loc"])
+        key = ".".join(loc) or "(top level)"
+        where = origin
+        for n in range(len(loc), 0, -1):  # the key itself, or the nearest enclosing one that is in the file
+            if (line := (lines_of or {}).get(loc[:n])) is not None:
+                where = f"{origin}:{line}"
+                break
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check the spelling; see README 'Configuration')")
+            lines.append(f"  {where}: {key}: unknown key (check the spelling; see README 'Configuration')")
+        elif _SECRET_WORDS.search(key):
+            lines.append(f"  {where}: {key}: {e['msg']} (value not shown)")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  {where}: {key}: {e['msg']} (got {_REPR.repr(e.get('input'))})")
     return "\n".join(lines)
 
 
@@ -341,11 +416,20 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass the path of a pipeline.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and (bad := alias_problem(node)) is not None:
+            raise ConfigError(f"{path}:{bad[0].start_mark.line + 1}: {bad[1]}")
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML nests lists or mappings too deeply to read") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     raw.setdefault("run_id", path.stem)
@@ -354,4 +438,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     try:
         return PipelineConfig(**raw, base_dir=path.resolve().parent)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, str(path))) from None
+        raise ConfigError(_format_validation_error(err, str(path), key_lines(text))) from None

@@ -14,9 +14,10 @@ class TerminalError(DatapipeError):
 class TransientError(DatapipeError):
     """Retrying may help: rate limits, server errors, timeouts, dropped connections."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status  # the HTTP status, when the server answered
 
 
 class ConfigError(TerminalError):

@@ -69,10 +69,15 @@ def store_for(cfg: PipelineConfig) -> RunStore:
     return RunStore(cfg.run_dir)
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, limit_bytes: float | None = None) -> str:
+    """SHA-256 of a file; not read (a stand-in from size and mtime) when it is not a regular file or is over
+    ``limit_bytes``: extract rejects those unread, and a FIFO would block the read for ever."""
     from datapipe.extract import sha256_file
 
     try:
+        st = path.stat()
+        if not path.is_file() or (limit_bytes is not None and st.st_size > limit_bytes):
+            return f"unread:{st.st_size}:{st.st_mtime_ns}"
         return sha256_file(path)
     except OSError as exc:
         return f"unreadable:{type(exc).__name__}"
@@ -88,7 +93,7 @@ def run_extract(
     """Extract every source into a shard of its own. With ``part``, only that share of the sources
     (by path) and no manifest: returns ``{"computed": {shard key: seconds}}`` for the driver's
     full pass, which then finds those shards complete (``done_elsewhere``)."""
-    from datapipe.extract import extract_file, resolve_sources
+    from datapipe.extract import extract_file, resolve_sources, size_limit
 
     progress = progress or NullProgress()
     store = store_for(cfg)
@@ -108,15 +113,16 @@ def run_extract(
     done_elsewhere = done_elsewhere or {}
     computed: dict[str, float] = {}
     for src in sources:
-        if not in_part(str(src.path), part):
+        if not in_part(src.display, part):
             continue
         t0 = time.perf_counter()
-        digest = _file_digest(src.path)
-        key = content_id(str(src.path), digest, cfg_hash, src.taxonomy_path)
+        digest = _file_digest(src.path, size_limit(src.path, cfg.extract)[0])
+        key = content_id(src.display, digest, cfg_hash, src.taxonomy_path)
         reused = store.has_shard("extract", key)
         if part is not None:
             if not reused:
-                out = extract_file(src, cfg.extract, None if digest.startswith("unreadable:") else digest)
+                unread = digest.startswith(("unreadable:", "unread:"))
+                out = extract_file(src, cfg.extract, None if unread else digest)
                 docs = [out] if isinstance(out, Document) else []
                 store.write_shard("extract", key, Document.to_table(docs), [out] if isinstance(out, Reject) else [])
                 computed[key] = time.perf_counter() - t0
@@ -127,7 +133,7 @@ def run_extract(
             docs = store.read_shard("extract", key, Document)
             n_rej = len(store.read_shard_rejects("extract", key))
         else:
-            out = extract_file(src, cfg.extract, None if digest.startswith("unreadable:") else digest)
+            out = extract_file(src, cfg.extract, None if digest.startswith(("unreadable:", "unread:")) else digest)
             docs = [out] if isinstance(out, Document) else []
             rejects = [out] if isinstance(out, Reject) else []
             store.write_shard("extract", key, Document.to_table(docs), rejects)
@@ -145,16 +151,16 @@ def run_extract(
                             record_id=docs[0].id,
                             reason=f"duplicate_of:{docs[0].id}",
                             detail=f"same bytes as {seen[(docs[0].id, src.taxonomy_path)]}",
-                            source_path=str(src.path),
+                            source_path=src.display,
                         )
                     ],
                 )
-            rec.add(dup_key, [str(src.path)], 1, 0, 1, time.perf_counter() - t0, reused)
+            rec.add(dup_key, [src.display], 1, 0, 1, time.perf_counter() - t0, reused)
         else:
             if docs:
-                seen[(docs[0].id, src.taxonomy_path)] = str(src.path)
+                seen[(docs[0].id, src.taxonomy_path)] = src.display
             seconds = done_elsewhere.get(key, time.perf_counter() - t0)
-            rec.add(key, [str(src.path)], 1, len(docs), n_rej, seconds, reused)
+            rec.add(key, [src.display], 1, len(docs), n_rej, seconds, reused)
         progress.advance("extract")
     if part is not None:
         return {"computed": computed}

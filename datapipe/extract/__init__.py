@@ -2,12 +2,20 @@
 
 Uses ``unstructured`` for every format. Files that cannot yield useful text become
 rejects with a reason code: ``empty_file``, ``too_large``, ``encrypted``, ``no_text``,
-``too_little_text``, ``parse_error``, ``unsupported_format``, ``duplicate_of:<doc id>``.
+``too_little_text``, ``parse_error``, ``unsupported_format``, ``duplicate_of:<doc id>``,
+``unreadable``, ``format_mismatch``, ``zip_bomb``, ``too_deeply_nested``, ``symlinked_folder``.
+
+Hostile files are stopped before a parser sees them, with checks that read a few bytes or
+a ZIP's central directory, never the whole content: size limits (``extract.max_file_mb``,
+and ``extract.max_text_mb`` for formats read whole into memory), the magic bytes of PDF and
+Office files, the unpacked size and compression ratio an Office file's ZIP declares
+(Python's ``zipfile``, which python-docx and python-pptx read through, never unpacks more
+than a member declares), and HTML nesting past what lxml parses (it drops the rest silently).
 """
 
 from __future__ import annotations
 
-import glob
+import errno
 import hashlib
 import os
 import re
@@ -34,7 +42,117 @@ class SourceFile:
 
     @property
     def display(self) -> str:
-        return str(self.path)
+        return display_path(self.path)
+
+
+def display_path(path: Path | str) -> str:
+    """The path as valid UTF-8 for records and messages: bytes of a name that are not UTF-8
+    (a Latin-1 name on a Linux disk) are written as ``\\xe9`` instead of breaking parquet."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+OFFICE_ZIP_FORMATS = {"docx", "pptx", "xlsx"}
+TEXT_FORMATS = {"txt", "md", "html", "htm"}
+MAX_ZIP_ENTRIES = 10_000
+LXML_MAX_DEPTH = 255  # libxml2 drops everything below this depth unless told to parse "huge" trees
+
+
+def size_limit(path: Path, cfg: ExtractConfig) -> tuple[float, str]:
+    """The size limit in bytes for this file's format and the config key that sets it."""
+    if path.suffix.lower().lstrip(".") in TEXT_FORMATS:
+        return min(cfg.max_text_mb, cfg.max_file_mb) * 1024 * 1024, "extract.max_text_mb"
+    return cfg.max_file_mb * 1024 * 1024, "extract.max_file_mb"
+
+
+class Unusable(Exception):
+    """A file that must not reach the parser: carries the reject's reason code and detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _looks_like(head: bytes) -> str:
+    low = head[:512].lstrip().lower()
+    if low.startswith((b"<!doctype html", b"<html")) or b"<html" in low or b"<body" in low:
+        return "HTML (often a login or error page saved by a failed download)"
+    if head.startswith(b"%PDF-"):
+        return "a PDF"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        return "a legacy binary Office file (.doc/.ppt/.xls); save it in the newer format"
+    if low.startswith((b"<?xml", b"<")):
+        return "XML or markup"
+    if b"\x00" in head:
+        return "binary data"
+    return "text"
+
+
+def check_container(path: Path, fmt: str, cfg: ExtractConfig) -> None:
+    """Raise :class:`Unusable` when a PDF or Office file is not what its name says, or is a ZIP bomb.
+
+    Reads the first KiB and, for Office files, the ZIP's central directory only.
+    """
+    if fmt != "pdf" and fmt not in OFFICE_ZIP_FORMATS:
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+    if fmt == "pdf":
+        if b"%PDF-" not in head:
+            raise Unusable(
+                "format_mismatch",
+                f"named .pdf but the content is {_looks_like(head)}, not a PDF (no %PDF- header); "
+                "rename it to its real type or replace it with the real document",
+            )
+        return
+    import zipfile
+
+    if not head.startswith(b"PK\x03\x04"):
+        raise Unusable(
+            "format_mismatch",
+            f"named .{fmt} but the content is {_looks_like(head)}, not an Office Open XML (ZIP) file; "
+            "rename it to its real type or re-save it from its application",
+        )
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise Unusable(
+            "parse_error", f"damaged or truncated ZIP container ({exc}); check the file opens in its application"
+        ) from None
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise Unusable("zip_bomb", f"the ZIP container holds {len(infos)} entries (limit {MAX_ZIP_ENTRIES})")
+    unpacked = sum(i.file_size for i in infos)
+    packed = max(1, path.stat().st_size)
+    if unpacked / packed > cfg.max_zip_ratio:
+        raise Unusable(
+            "zip_bomb",
+            f"the ZIP container unpacks to {unpacked / 1e6:.1f} MB from {packed / 1e6:.1f} MB "
+            f"(ratio {unpacked / packed:.0f}:1, above extract.max_zip_ratio={cfg.max_zip_ratio:g}); "
+            "a real Office file compresses far less",
+        )
+    if unpacked > cfg.max_unpacked_mb * 1024 * 1024:
+        raise Unusable(
+            "too_large",
+            f"the ZIP container unpacks to {unpacked / 1e6:.1f} MB, above extract.max_unpacked_mb="
+            f"{cfg.max_unpacked_mb:g}; split the document or raise the limit",
+        )
+
+
+def check_html_depth(text: str) -> None:
+    """Raise :class:`Unusable` when lxml (unstructured's HTML parser) would silently cut the page short."""
+    from lxml import etree
+
+    parser = etree.HTMLParser(remove_comments=True, remove_pis=True)
+    etree.fromstring(text.encode("utf-8", errors="replace"), parser)
+    if any("Excessive depth" in e.message for e in parser.error_log):
+        raise Unusable(
+            "too_deeply_nested",
+            f"the HTML nests elements more than {LXML_MAX_DEPTH} levels deep, and the parser would silently "
+            "drop everything from that point on; flatten the page (or save it as text) and re-run",
+        )
 
 
 def resolve_sources(sources: list[str], base_dir: Path, extensions: list[str]) -> tuple[list[SourceFile], list[Reject]]:
@@ -49,13 +167,14 @@ def resolve_sources(sources: list[str], base_dir: Path, extensions: list[str]) -
     exts = {e.lower() for e in extensions}
     found: dict[Path, None] = {}
     rejects: list[Reject] = []
+    linked: set[Path] = set()
     for src in sources:
         pattern = os.path.expandvars(os.path.expanduser(src))
         p = Path(pattern)
         if not p.is_absolute():
             p = base_dir / p
         if any(ch in pattern for ch in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
+            matches = _glob(p)
         elif p.is_dir():
             matches = sorted(
                 x for x in p.rglob("*") if not any(part.startswith(".") for part in x.relative_to(p).parts)
@@ -66,20 +185,43 @@ def resolve_sources(sources: list[str], base_dir: Path, extensions: list[str]) -
             raise ConfigError(f"sources: {src!r} matches no file or folder (resolved to {p})")
         for m in matches:
             if m.is_dir():
+                if m.is_symlink() and m not in linked:
+                    linked.add(m)
+                    rejects.append(
+                        Reject(
+                            stage="extract",
+                            record_id=display_path(m),
+                            reason="symlinked_folder",
+                            source_path=display_path(m),
+                            detail="a link to a folder is not followed (links can loop); "
+                            "list its target in sources to include it",
+                        )
+                    )
                 continue
             if m.suffix.lower() not in exts:
                 rejects.append(
                     Reject(
                         stage="extract",
-                        record_id=str(m),
+                        record_id=display_path(m),
                         reason="unsupported_format",
-                        source_path=str(m),
+                        source_path=display_path(m),
                         detail=f"extension {m.suffix or '(none)'} is not one of extract.extensions",
                     )
                 )
                 continue
             found[m] = None
     return [SourceFile(f) for f in sorted(found)], rejects
+
+
+def _glob(pattern: Path) -> list[Path]:
+    """Files and folders matching a glob; like ``glob.glob(recursive=True)`` (dot-files are left out) but
+    ``**`` does not descend into links to folders, so a link loop cannot multiply the matches."""
+    parts = pattern.parts
+    first = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    anchor, rest = Path(*parts[:first]), "/".join(parts[first:])
+    if not anchor.is_dir():
+        return []
+    return sorted(m for m in anchor.glob(rest) if not any(part.startswith(".") for part in m.relative_to(anchor).parts))
 
 
 def _ensure_offline_spacy() -> None:
@@ -169,19 +311,21 @@ def decode_text(data: bytes, fmt: str, preferred: list[str]) -> str:
 def _partition(path: Path, cfg: ExtractConfig) -> list[object]:
     _ensure_offline_spacy()
     fmt = path.suffix.lower().lstrip(".")
-    if fmt in ("txt", "md", "html", "htm"):
+    name = display_path(path)
+    if fmt in TEXT_FORMATS:
         text = decode_text(path.read_bytes(), fmt, cfg.preferred_encodings)
         if fmt == "txt":
             from unstructured.partition.text import partition_text
 
-            return list(partition_text(text=text, metadata_filename=str(path)))
+            return list(partition_text(text=text, metadata_filename=name))
         if fmt == "md":
             from unstructured.partition.md import partition_md
 
-            return list(partition_md(text=text, metadata_filename=str(path)))
+            return list(partition_md(text=text, metadata_filename=name))
         from unstructured.partition.html import partition_html
 
-        return list(partition_html(text=text, metadata_filename=str(path)))
+        check_html_depth(text)
+        return list(partition_html(text=text, metadata_filename=name))
     from unstructured.partition.auto import partition
 
     kwargs: dict[str, Any] = {}
@@ -218,7 +362,7 @@ def elements_to_document(
             pages.add(page)
     return Document(
         id=digest[:24],
-        source_path=str(source),
+        source_path=display_path(source),
         format=fmt,
         text="\n\n".join(parts),
         spans=spans,
@@ -235,19 +379,33 @@ def extract_file(src: SourceFile, cfg: ExtractConfig, digest: str | None = None)
     path = src.path
     fmt = path.suffix.lower().lstrip(".")
 
+    name = display_path(path)
+
     def reject(reason: str, detail: str, record_id: str | None = None) -> Reject:
-        return Reject(
-            stage="extract", record_id=record_id or str(path), reason=reason, detail=detail, source_path=str(path)
-        )
+        return Reject(stage="extract", record_id=record_id or name, reason=reason, detail=detail, source_path=name)
 
     try:
         size = path.stat().st_size
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return reject("unreadable", "the path is a loop of symbolic links; fix or remove the link")
         return reject("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}; check the path and permissions")
-    if size > cfg.max_file_mb * 1024 * 1024:
-        return reject("too_large", f"{size / 1e6:.1f} MB exceeds extract.max_file_mb={cfg.max_file_mb}")
+    if not path.is_file():
+        return reject("unreadable", "not a regular file (a device, pipe or socket); list only documents in sources")
+    limit, key = size_limit(path, cfg)
+    if size > limit:
+        return reject(
+            "too_large",
+            f"{size / 1e6:.1f} MB exceeds {key}={limit / 1024 / 1024:g} (MB); split the file or raise the limit",
+        )
     if size == 0:
         return reject("empty_file", "the file has zero bytes")
+    try:
+        check_container(path, fmt, cfg)
+    except Unusable as bad:
+        return reject(bad.reason, bad.detail)
+    except OSError as exc:
+        return reject("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}; check the path and permissions")
     digest = digest or sha256_file(path)
     if fmt == "pdf" and _pdf_is_locked(path):
         return reject(
@@ -257,6 +415,10 @@ def extract_file(src: SourceFile, cfg: ExtractConfig, digest: str | None = None)
         elements = _partition(path, cfg)
     except MissingDependencyError:
         raise
+    except Unusable as bad:
+        return reject(bad.reason, bad.detail, digest[:24])
+    except RecursionError:
+        return reject("too_deeply_nested", "the parser ran out of stack on this file's nesting", digest[:24])
     except Exception as exc:  # unstructured raises many types for broken files
         msg = str(exc).splitlines()[0][:300] if str(exc) else ""
         return reject(

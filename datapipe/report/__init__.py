@@ -77,6 +77,30 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
     return {"run": str(store.root), "stages": stages, "rejects": reasons, "teacher": teacher}
 
 
+def teacher_faults_line(stage: str, t: dict[str, Any]) -> str | None:
+    """One line on what went wrong with the teacher in a stage and how datapipe coped; None when nothing did.
+
+    e.g. ``generate: faults HTTP 429: 3, timeout: 1; Retry-After honoured 3 times (max 1.0 s);
+    concurrency 4 -> 1 (min) -> 3 (final), 2 decreases, 3 increases``
+    """
+    faults = t.get("faults") or {}
+    conc = t.get("concurrency") or {}
+    changed = conc.get("decreases", 0) or conc.get("increases", 0)
+    if not faults and not changed:
+        return None
+    bits = []
+    if faults:
+        bits.append("faults " + ", ".join(f"{k}: {n}" for k, n in sorted(faults.items(), key=lambda kv: -kv[1])))
+    if n_waits := t.get("retry_after_count", 0):
+        bits.append(f"Retry-After honoured {n_waits} times (max {t.get('retry_after_max_s', 0.0):.1f} s)")
+    if changed:
+        bits.append(
+            f"concurrency {conc['start']} -> {conc['min']} (min) -> {conc['final']} (final), "
+            f"{conc['decreases']} decreases, {conc['increases']} increases"
+        )
+    return f"{stage}: " + "; ".join(bits)
+
+
 def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -> Group:
     counts = Table(title=f"datapipe run {summary['run']}", title_justify="left")
     for col in ("stage", "in", "out", "rejected", "shards (reused)", "seconds"):
@@ -106,6 +130,7 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
         if len(summary["teacher"]) > 1:
             tt.add_row("total", *(str(sum(t.get(k, 0) for _, t in summary["teacher"])) for k in cols))
         parts.append(tt)
+        parts.extend(line for stage, t in summary["teacher"] if (line := teacher_faults_line(stage, t)))
     if wall_seconds is not None:
         parts.append(f"wall time: {wall_seconds:.1f} s")
     return Group(*parts)

@@ -24,6 +24,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from datapipe.errors import ConfigError
 from datapipe.taxonomy.models import TAXONOMY_FOLDERS, LeafKind, Problem
 from datapipe.taxonomy.refs import PATTERN_RULE, is_commit_sha, is_remote_repo, pattern_problem
+from datapipe.yamlsafe import alias_problem
 
 LEAF_FILE = "qna.yaml"
 
@@ -143,8 +144,14 @@ def read_and_validate(path: Path, root: Path) -> tuple[list[Problem], str | None
     except yaml.YAMLError as exc:
         chk.add(1, f"YAML error: {exc}")
         return chk.problems, None
+    except RecursionError:
+        chk.add(1, "the YAML nests lists or mappings too deeply to read; a taxonomy leaf is a few levels deep")
+        return chk.problems, None
     if node is None:
         chk.add(1, "the file is empty; a taxonomy leaf needs version, created_by and seed_examples")
+        return chk.problems, None
+    if (bad := alias_problem(node)) is not None:
+        chk.add(bad[0], bad[1])
         return chk.problems, None
     _check_tags(chk, node)
     if not isinstance(node, MappingNode):

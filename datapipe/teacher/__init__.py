@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import threading
@@ -29,6 +30,7 @@ from datapipe.config import GenerationParams, TeacherConfig
 from datapipe.errors import MissingDependencyError, TeacherError, TerminalError, TransientError
 from datapipe.records import content_id
 from datapipe.teacher.cache import ResponseCache
+from datapipe.teacher.limiter import AdaptiveLimiter
 
 ChatMessages = list[dict[str, str]]
 
@@ -55,6 +57,7 @@ class TeacherStats:
     faults: Counter[str] = field(default_factory=Counter)
     retry_after_waits: list[float] = field(default_factory=list)
     seconds_in_calls: float = 0.0
+    concurrency: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +70,10 @@ class TeacherStats:
             "failures": self.failures,
             "faults": dict(self.faults),
             "retry_after_waits": self.retry_after_waits[:100],
+            "retry_after_count": len(self.retry_after_waits),
+            "retry_after_max_s": max(self.retry_after_waits, default=0.0),
             "seconds_in_calls": round(self.seconds_in_calls, 3),
+            "concurrency": self.concurrency,
         }
 
 
@@ -188,7 +194,7 @@ class OpenAIBackend:
             "model": self.cfg.model,
             "api_key": SecretStr(self._api_key()),
             "max_retries": 0,
-            "timeout": int(self.cfg.timeout_s),
+            "timeout": max(1, math.ceil(self.cfg.timeout_s)),  # Teacher.complete enforces the exact timeout
         }
         if self.cfg.base_url:
             kwargs["base_url"] = self.cfg.base_url
@@ -211,7 +217,9 @@ class OpenAIBackend:
         except openai.APIStatusError as exc:
             status = exc.status_code
             if status == 429 or status >= 500 or status in (408, 409):
-                raise TransientError(f"HTTP {status}", retry_after=_retry_after(exc.response.headers)) from None
+                raise TransientError(
+                    f"HTTP {status}", retry_after=_retry_after(exc.response.headers), status=status
+                ) from None
             raise TerminalError(
                 f"the teacher server refused the request: HTTP {status}"
                 + (f" (check {self.cfg.api_key_env})" if status in (401, 403) else "")
@@ -224,6 +232,10 @@ class OpenAIBackend:
             ) from None
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
             raise TransientError(f"malformed response: {type(exc).__name__}") from None
+        except (AttributeError, KeyError, IndexError, TypeError) as exc:
+            # a 200 whose body is not a chat completion (an HTML page, another JSON shape): the SDK
+            # hands distilabel a str or a dict, and reading .choices fails
+            raise TransientError(f"malformed response: not a chat completion ({type(exc).__name__})") from None
         stats = out.get("statistics", {})
         text = out["generations"][0] if out.get("generations") else None
         return (
@@ -266,7 +278,7 @@ class Teacher:
         self.backend: Backend = LlamaCppBackend(cfg) if cfg.backend == "llamacpp" else OpenAIBackend(cfg)
         self.cache = ResponseCache(cache_path) if (cfg.cache and cache_path) else None
         self.stats = TeacherStats()
-        self._sem: asyncio.Semaphore | None = None
+        self._limiter: AdaptiveLimiter | None = None
         self._start_lock: asyncio.Lock | None = None
         self._started = False
         self.concurrency = 1 if cfg.backend == "llamacpp" else cfg.max_concurrency
@@ -275,14 +287,22 @@ class Teacher:
     def identity(self) -> dict[str, str]:
         return self.backend.identity
 
+    @property
+    def limiter(self) -> AdaptiveLimiter | None:
+        """The concurrency limiter of the open session (its ``limit`` and ``in_flight`` now), else None."""
+        return self._limiter
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[Teacher]:
-        self._sem = asyncio.Semaphore(self.concurrency)
+        self._limiter = AdaptiveLimiter(
+            self.concurrency, min(self.cfg.min_concurrency, self.concurrency), self.cfg.adaptive_concurrency
+        )
         self._start_lock = asyncio.Lock()
         self._started = False
         try:
             yield self
         finally:
+            self.stats.concurrency = self._limiter.trace.summary(self._limiter.limit)
             if self._started:
                 await self.backend.close()
 
@@ -303,12 +323,14 @@ class Teacher:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.stats.cache_hits += 1
             return TeacherResponse(hit["text"], hit["input_tokens"], hit["output_tokens"], cached=True)
-        assert self._sem is not None, "use Teacher.complete inside `async with teacher.session()`"
+        limiter = self._limiter
+        assert limiter is not None, "use Teacher.complete inside `async with teacher.session()`"
         await self._ensure_started()
         attempt = 0
         while True:
+            sent_at = limiter.now()
             try:
-                async with self._sem:
+                async with limiter.slot() as sent_at:
                     t0 = time.perf_counter()
                     self.stats.calls += 1
                     try:
@@ -319,9 +341,12 @@ class Teacher:
                         raise TransientError("timeout") from None
                     finally:
                         self.stats.seconds_in_calls += time.perf_counter() - t0
+                await limiter.succeeded()
                 break
             except TransientError as exc:
                 self.stats.faults[_fault_kind(str(exc))] += 1
+                if exc.status == 429 or str(exc) == "timeout":
+                    limiter.congested(sent_at, "429" if exc.status == 429 else "timeout")
                 if attempt >= self.cfg.max_retries:
                     self.stats.failures += 1
                     raise TeacherError(
@@ -332,6 +357,7 @@ class Teacher:
                 if exc.retry_after is not None:
                     delay = min(exc.retry_after, max(self.cfg.backoff_max_s, 60.0))
                     self.stats.retry_after_waits.append(round(delay, 3))
+                    limiter.pause(delay)
                 else:
                     delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2**attempt) * (
                         0.5 + random.random() / 2

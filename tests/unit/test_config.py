@@ -64,3 +64,60 @@ def test_snapshot_keeps_env_var_name_not_secret(tmp_path: Path, monkeypatch: pyt
     assert again.teacher.api_key_env == "MY_TEACHER_KEY"
     assert json.loads(text)["sources"] == [str((tmp_path / "docs").resolve())]
     assert again.run_dir == cfg.run_dir.resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        pytest.param(
+            "sources: [d]\nchunk:\n  min_tokens: 4\n  max_tokns: 10\n", ":4: chunk.max_tokns", id="unknown-key"
+        ),
+        pytest.param("sources: [d]\nteacher:\n\n  max_retries: many\n", ":4: teacher.max_retries", id="wrong-type"),
+        pytest.param(
+            "sources: [d]\ngenerate:\n  question_params: {top_p: 7}\n",
+            ":3: generate.question_params.top_p",
+            id="flow-style",
+        ),
+        pytest.param(
+            "sources: [d]\nfilter:\n  decontamination:\n    benchmarks:\n      - {name: x}\n",
+            ":5: filter.decontamination.benchmarks.0.path",
+            id="missing-in-list",
+        ),
+    ],
+)
+def test_config_errors_point_at_file_and_line(tmp_path: Path, text: str, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    assert f"{tmp_path / 'pipeline.yaml'}{where}" in str(info.value)
+
+
+def test_api_key_in_place_of_its_variable_name_is_refused_unechoed(tmp_path: Path) -> None:
+    secret = "sk-proj-abcdefABCDEF0123456789"
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            _write(tmp_path, f"sources: [d]\nteacher:\n  backend: openai\n  model: m\n  api_key_env: {secret}\n")
+        )
+    message = str(info.value)
+    assert "pipeline.yaml:5: teacher.api_key_env" in message and "NAME of an environment variable" in message
+    assert secret not in message and secret not in repr(info.value)
+    assert not (tmp_path / "runs").exists()  # no config.json snapshot holding it
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nsources: *l{levels - 1}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(_alias_bomb(9), "alias bomb", id="billion-laughs"),
+        pytest.param("sources: &s [docs, *s]\n", "contains it", id="self-reference"),
+        pytest.param("sources: " + "[" * 3000 + "]" * 3000 + "\n", "too deeply", id="deep-nesting"),
+    ],
+)
+def test_hostile_yaml_is_refused_quickly(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(_write(tmp_path, text))
+    assert "pipeline.yaml" in str(info.value)

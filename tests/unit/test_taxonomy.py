@@ -338,3 +338,17 @@ def test_show_lists_kinds_and_counts(tmp_path: Path) -> None:
     result = CliRunner().invoke(taxonomy_app, ["show", str(tmp_path / "tax")])
     assert result.exit_code == 0
     assert "INVALID" in result.stdout and "us_trustee_handbook" in result.stdout
+
+
+def test_alias_bomb_leaf_is_a_problem_not_a_hang(tmp_path: Path) -> None:
+    leaf = tmp_path / "compositional_skills" / "bomb" / "qna.yaml"
+    leaf.parent.mkdir(parents=True)
+    lines = ["version: 2", "created_by: me", "task_description: laughs", "l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    leaf.write_text("\n".join(lines) + "\nseed_examples: *l8\n")
+    problems = validate_file(leaf, tmp_path)
+    assert [p.message for p in problems] == [
+        "anchors and aliases (&name, *name) expand this to more than 100000 values "
+        "(a YAML alias bomb); write the values out instead"
+    ]
+    assert str(problems[0]).startswith(f"{leaf}:")
