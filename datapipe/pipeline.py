@@ -48,20 +48,19 @@ def in_part(key: str, part: Part) -> bool:
 
 
 def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """Teacher statistics of several processes (stage parts) added up."""
+    """Teacher statistics of several processes (stage parts) added up: numbers summed, lists joined,
+    nested dicts merged the same way, anything else kept from the first that has it."""
     out: dict[str, Any] = {}
     for st in stats:
         for k, v in st.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float, dict, list)):
-                out.setdefault(k, v)
-            elif isinstance(v, dict):
-                acc = out.setdefault(k, {})
-                for kk, vv in v.items():
-                    acc[kk] = acc.get(kk, 0) + vv
+            if isinstance(v, dict):
+                out[k] = merge_stats([out.get(k, {}), v]) if isinstance(out.get(k, {}), dict) else out[k]
             elif isinstance(v, list):
                 out[k] = (out.get(k, []) + v)[:100]
-            else:
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(out.get(k, 0), (int, float)):
                 out[k] = round(out.get(k, 0) + v, 3)
+            else:
+                out.setdefault(k, v)
     return out
 
 

@@ -58,6 +58,7 @@ class TeacherStats:
     retry_after_waits: list[float] = field(default_factory=list)
     seconds_in_calls: float = 0.0
     concurrency: dict[str, Any] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class TeacherStats:
             "retry_after_max_s": max(self.retry_after_waits, default=0.0),
             "seconds_in_calls": round(self.seconds_in_calls, 3),
             "concurrency": self.concurrency,
+            **({"endpoints": self.endpoints} if self.endpoints else {}),
         }
 
 
@@ -167,14 +169,17 @@ class OpenAIBackend:
     def __init__(self, cfg: TeacherConfig) -> None:
         self.cfg = cfg
         assert cfg.model
+        # the cache identity names the model, not the server: any endpoint's answer is the model's answer
         self.identity = {"backend": "openai", "model": cfg.model}
         self._llm: Any = None
+        self._pool: EndpointPool | None = None
 
     def _api_key(self) -> str:
         key = os.environ.get(self.cfg.api_key_env)
         if key:
             return key
-        if self.cfg.base_url and any(h in self.cfg.base_url for h in ("127.0.0.1", "localhost", "[::1]")):
+        urls = [e.base_url for e in self.cfg.endpoints] or ([self.cfg.base_url] if self.cfg.base_url else [])
+        if urls and all(any(h in u for h in ("127.0.0.1", "localhost", "[::1]")) for u in urls):
             return "no-key-needed-for-local-server"
         raise TerminalError(
             f"teacher.api_key_env: environment variable {self.cfg.api_key_env} is not set; export it with your "
@@ -196,17 +201,34 @@ class OpenAIBackend:
             "max_retries": 0,
             "timeout": max(1, math.ceil(self.cfg.timeout_s)),  # Teacher.complete enforces the exact timeout
         }
+        if self.cfg.endpoints:
+            llms = []
+            for endpoint in self.cfg.endpoints:
+                llm = OpenAILLM(**kwargs, base_url=endpoint.base_url)
+                llm.load()
+                llms.append(llm)
+            self._pool = EndpointPool(self.cfg.endpoints, llms, self.cfg.routing)
+            return
         if self.cfg.base_url:
             kwargs["base_url"] = self.cfg.base_url
         self._llm = OpenAILLM(**kwargs)
         self._llm.load()
 
+    def endpoint_stats(self) -> dict[str, dict[str, int]]:
+        return self._pool.stats() if self._pool is not None else {}
+
     async def agenerate(self, messages: ChatMessages, params: GenerationParams) -> tuple[str, int, int]:
+        if self._pool is None:
+            return await self._agenerate(self._llm, messages, params)
+        async with self._pool.lease() as llm:
+            return await self._agenerate(llm, messages, params)
+
+    async def _agenerate(self, llm: Any, messages: ChatMessages, params: GenerationParams) -> tuple[str, int, int]:
         import openai
 
         extra = {"seed": params.seed} if params.seed is not None else None
         try:
-            out = await self._llm.agenerate(
+            out = await llm.agenerate(
                 input=messages,
                 num_generations=1,
                 max_new_tokens=params.max_new_tokens,
@@ -245,10 +267,62 @@ class OpenAIBackend:
         )
 
     async def close(self) -> None:
-        client = getattr(self._llm, "_aclient", None)
-        if client is not None:
-            await client.close()
+        for llm in [self._llm, *(self._pool.llms if self._pool else [])]:
+            client = getattr(llm, "_aclient", None)
+            if client is not None:
+                await client.close()
         self._llm = None
+
+
+class EndpointPool:
+    """Several servers of one model, each with its own concurrency limit.
+
+    ``least_busy`` sends a request to the endpoint with the largest free share of its limit (ties: the
+    one that has served fewest); ``round_robin`` to each endpoint in turn, skipping full ones. A request
+    waits only when every endpoint is at its limit.
+    """
+
+    def __init__(self, endpoints: list[Any], llms: list[Any], routing: str) -> None:
+        self.endpoints = endpoints
+        self.llms = llms
+        self.routing = routing
+        self.in_flight = [0] * len(endpoints)
+        self.served = [0] * len(endpoints)
+        self.peak = [0] * len(endpoints)
+        self._next = 0
+        self._freed = asyncio.Condition()
+
+    def _pick(self) -> int | None:
+        free = [i for i, e in enumerate(self.endpoints) if self.in_flight[i] < e.max_concurrency]
+        if not free:
+            return None
+        if self.routing == "round_robin":
+            n = len(self.endpoints)
+            i = next(j % n for j in range(self._next, self._next + n) if j % n in free)
+            self._next = i + 1
+            return i
+        return min(free, key=lambda i: (self.in_flight[i] / self.endpoints[i].max_concurrency, self.served[i], i))
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Any]:
+        async with self._freed:
+            while (i := self._pick()) is None:
+                await self._freed.wait()
+            self.in_flight[i] += 1
+            self.served[i] += 1
+            self.peak[i] = max(self.peak[i], self.in_flight[i])
+        try:
+            yield self.llms[i]
+        finally:
+            async with self._freed:
+                self.in_flight[i] -= 1
+                self._freed.notify()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {
+            e.base_url: {"requests": self.served[i], "peak_in_flight": self.peak[i], "limit": e.max_concurrency}
+            for i, e in enumerate(self.endpoints)
+        }
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -303,6 +377,8 @@ class Teacher:
             yield self
         finally:
             self.stats.concurrency = self._limiter.trace.summary(self._limiter.limit)
+            if isinstance(self.backend, OpenAIBackend) and self.backend.endpoint_stats():
+                self.stats.endpoints = self.backend.endpoint_stats()
             if self._started:
                 await self.backend.close()
 

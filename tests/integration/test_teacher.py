@@ -112,3 +112,36 @@ def test_concurrency_is_bounded(llama_server: LlamaServer) -> None:
 
     asyncio.run(go())
     assert peak == 2 and teacher.stats.calls == 6
+
+
+@pytest.mark.parametrize("routing", ["least_busy", "round_robin"])
+def test_several_endpoints_each_within_its_own_limit(llama_server: LlamaServer, routing: str) -> None:
+    """Two endpoints (two proxies in front of the real server) that answer 429 beyond 1 and 2 requests in
+    flight: datapipe spreads 12 requests over both and never exceeds either limit."""
+    upstream = llama_server.base_url.removesuffix("/v1")
+    with (
+        FaultProxy(upstream, free_port(), max_in_flight=1) as a,
+        FaultProxy(upstream, free_port(), max_in_flight=2) as b,
+    ):
+        cfg = TeacherConfig(
+            backend="openai",
+            model="smollm2",
+            endpoints=[{"base_url": a.base_url, "max_concurrency": 1}, {"base_url": b.base_url, "max_concurrency": 2}],
+            routing=routing,
+            cache=False,
+        )
+        assert cfg.max_concurrency == 3
+        teacher = Teacher(cfg, None)
+        prompts = [[{"role": "user", "content": f"Name a colour, number {i}."}] for i in range(12)]
+
+        async def go() -> list[object]:
+            async with teacher.session():
+                return await asyncio.gather(*(teacher.complete(p, PARAMS) for p in prompts))
+
+        results = asyncio.run(go())
+    assert len(results) == 12
+    assert a.counts().get("limit", 0) == 0 and b.counts().get("limit", 0) == 0  # no 429: limits respected
+    assert a.peak_in_flight == 1 and b.peak_in_flight == 2
+    assert a.forwarded + b.forwarded == 12 and a.forwarded >= 2 and b.forwarded >= 2
+    stats = teacher.stats.as_dict()["endpoints"]
+    assert {k: v["requests"] for k, v in stats.items()} == {a.base_url: a.forwarded, b.base_url: b.forwarded}
