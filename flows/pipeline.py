@@ -1,11 +1,19 @@
 """The pipeline as a Prefect flow: one task per stage, retried only for transient failures.
 
-The stages themselves live in ``datapipe.pipeline`` and know nothing of Prefect.
+The stages themselves live in ``datapipe.pipeline`` and know nothing of Prefect. A run holds
+the run folder's lock, draws on one teacher budget, ends by publishing a new version of the
+training data when it changed (``datapipe.versions``) and records its outcome in
+``<run>/last_run.json``. Every stage skips the shards it already has, so a scheduled run over
+the same sources is an incremental refresh, and a killed run resumes when started again.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 for _k, _v in {
@@ -19,8 +27,14 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from datapipe import pipeline as stages  # noqa: E402
+from datapipe import versions  # noqa: E402
+from datapipe.config import PipelineConfig  # noqa: E402
 from datapipe.errors import is_transient  # noqa: E402
 from datapipe.runs import load_target  # noqa: E402
+from datapipe.store import _atomic_write_bytes, run_lock  # noqa: E402
+from datapipe.teacher.budget import BudgetExceeded, run_budget  # noqa: E402
+
+LAST_RUN = "last_run.json"
 
 _progress: stages.Progress = stages.NullProgress()
 
@@ -77,21 +91,71 @@ def export_task(target: str, export_format: str | None = None) -> dict[str, Any]
     return stages.run_export(load_target(target), export_format, progress=_progress)
 
 
+@task(name="publish", **_task_opts)
+def publish_task(target: str, formats: list[str]) -> dict[str, Any]:
+    return versions.run_publish(load_target(target), formats, _progress)
+
+
+def export_formats(cfg: PipelineConfig, export_format: str | None) -> list[str]:
+    """The formats a run exports and publishes: the configured one, and dpo when preference pairs are on."""
+    formats = [export_format or cfg.export.format]
+    if cfg.generate.preference.enabled and export_format is None and "dpo" not in formats:
+        formats.append("dpo")
+    return formats
+
+
+def write_last_run(cfg: PipelineConfig, record: dict[str, Any]) -> None:
+    _atomic_write_bytes(cfg.run_dir / LAST_RUN, json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+@contextmanager
+def guarded_run(target: str, flow_name: str) -> Iterator[dict[str, Any]]:
+    """The run folder's lock and budget around a flow, and its outcome in last_run.json (also when it stops)."""
+    cfg = load_target(target)
+    started = time.time()
+    record: dict[str, Any] = {"flow": flow_name, "target": str(target), "started": started}
+    with run_lock(cfg.run_dir), run_budget(stages.run_budget_key(cfg), cfg.budget) as budget:
+        try:
+            yield record
+        except BudgetExceeded as exc:
+            record.update(status="budget_reached", message=str(exc))
+            raise
+        except Exception as exc:
+            record.update(status="failed", message=f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            record["status"] = "completed"
+        finally:
+            record.update(finished=time.time(), seconds=round(time.time() - started, 3), teacher=budget.as_dict())
+            write_last_run(cfg, record)
+
+
 @flow(name="datapipe-pipeline")
 def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, Any]:
-    """extract -> chunk -> generate -> filter [-> preference] -> export for one pipeline config (or run folder).
+    """extract -> chunk -> generate -> filter [-> preference] -> export -> publish for one pipeline config
+    (or run folder): an incremental refresh that publishes a new version when the training data changed.
 
     With preference pairs enabled, the DPO export is written next to the configured format.
     """
-    out = {
-        "extract": extract_task(target),
-        "chunk": chunk_task(target),
-        "generate": generate_task(target),
-        "filter": filter_task(target),
-    }
-    if load_target(target).generate.preference.enabled:
-        out["preference"] = preference_task(target)
-        if export_format is None:
-            out["export_dpo"] = export_task(target, "dpo")
-    out["export"] = export_task(target, export_format)
+    with guarded_run(target, "datapipe-pipeline") as record:
+        out = {
+            "extract": extract_task(target),
+            "chunk": chunk_task(target),
+            "generate": generate_task(target),
+            "filter": filter_task(target),
+        }
+        cfg = load_target(target)
+        formats = export_formats(cfg, export_format)
+        if cfg.generate.preference.enabled:
+            out["preference"] = preference_task(target)
+            if "dpo" in formats[1:]:
+                out["export_dpo"] = export_task(target, "dpo")
+        out["export"] = export_task(target, export_format)
+        out["publish"] = publish_task(target, formats)
+        record.update(_published(out["publish"]))
     return out
+
+
+def _published(publish: dict[str, Any]) -> dict[str, Any]:
+    keys = ("version", "new_version", "path", "documents", "samples")
+    return {k: publish[k] for k in keys if k in publish}
