@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -115,11 +116,26 @@ def run(
 
         with RichProgress() as progress:
             set_progress(progress)
-            pipeline_flow(target, export_format)
+            state = pipeline_flow(target, export_format, return_state=True)
+        if state.is_failed():
+            _raise_outcome(target, state)
     except DatapipeError as exc:
         _fail(exc)
     _summary(target, time.time() - t0)
     _print_version(target)
+
+
+def _raise_outcome(target: str, state: Any) -> None:
+    """A failed flow run: a stop at the budget (see last_run.json), or the exception that failed it."""
+    from datapipe.runs import load_target
+    from datapipe.teacher.budget import BudgetExceeded
+    from flows.pipeline import LAST_RUN
+
+    path = load_target(target).run_dir / LAST_RUN
+    last = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if last.get("status") == "budget_reached":
+        raise BudgetExceeded(last.get("message", "teacher budget reached"))
+    state.result()  # raises the exception that failed the run
 
 
 def _print_version(target: str) -> None:
@@ -273,6 +289,7 @@ def versions(target: Target = "pipeline.yaml") -> None:
         label = name + (" (latest)" if name == names[-1] else "")
         table.add_row(label, v["created"], str(smp["total"]), str(smp["added"]), str(smp["removed"]), docs, v["path"])
     console.print(table)
+    console.print(f"latest: {names[-1]} ({store.root / 'versions' / 'latest'})", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -99,7 +99,7 @@ def runner_deployments(cfg: PipelineConfig, config_path: str) -> list[Any]:
     from flows.export import export_flow
     from flows.pipeline import pipeline_flow
 
-    flows = {"pipeline": pipeline_flow, "export": export_flow}
+    flows: dict[str, Any] = {"pipeline": pipeline_flow, "export": export_flow}
     out = []
     for spec in deployment_specs(cfg, config_path):
         out.append(

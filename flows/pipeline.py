@@ -25,6 +25,7 @@ for _k, _v in {
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.states import Failed, State  # noqa: E402
 
 from datapipe import pipeline as stages  # noqa: E402
 from datapipe import versions  # noqa: E402
@@ -61,6 +62,24 @@ _task_opts: dict[str, Any] = {
 }
 
 
+STOP = "budget_stop"
+
+
+def _budgeted(stage: Any, *args: Any) -> dict[str, Any]:
+    """Run a stage that asks the teacher; reaching the budget is a clean stop, not a task failure to retry."""
+    try:
+        result: dict[str, Any] = stage(*args)
+    except BudgetExceeded as exc:
+        return {STOP: str(exc)}
+    return result
+
+
+def _stop(record: dict[str, Any], message: str) -> State:
+    """End the flow run at the budget: everything so far is persisted, the next run continues."""
+    record.update(status="budget_reached", message=message)
+    return Failed(name="BudgetReached", message=message)
+
+
 @task(name="extract", **_task_opts)
 def extract_task(target: str) -> dict[str, Any]:
     return stages.run_extract(load_target(target), _progress)
@@ -73,17 +92,17 @@ def chunk_task(target: str) -> dict[str, Any]:
 
 @task(name="generate", **_task_opts)
 def generate_task(target: str) -> dict[str, Any]:
-    return stages.run_generate(load_target(target), _progress)
+    return _budgeted(stages.run_generate, load_target(target), _progress)
 
 
 @task(name="filter", **_task_opts)
 def filter_task(target: str) -> dict[str, Any]:
-    return stages.run_filter(load_target(target), _progress)
+    return _budgeted(stages.run_filter, load_target(target), _progress)
 
 
 @task(name="preference", **_task_opts)
 def preference_task(target: str) -> dict[str, Any]:
-    return stages.run_preference(load_target(target), _progress)
+    return _budgeted(stages.run_preference, load_target(target), _progress)
 
 
 @task(name="export", **_task_opts)
@@ -117,37 +136,40 @@ def guarded_run(target: str, flow_name: str) -> Iterator[dict[str, Any]]:
     with run_lock(cfg.run_dir), run_budget(stages.run_budget_key(cfg), cfg.budget) as budget:
         try:
             yield record
-        except BudgetExceeded as exc:
-            record.update(status="budget_reached", message=str(exc))
-            raise
         except Exception as exc:
             record.update(status="failed", message=f"{type(exc).__name__}: {exc}")
             raise
         else:
-            record["status"] = "completed"
+            record.setdefault("status", "completed")
         finally:
             record.update(finished=time.time(), seconds=round(time.time() - started, 3), teacher=budget.as_dict())
             write_last_run(cfg, record)
 
 
 @flow(name="datapipe-pipeline")
-def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, Any]:
+def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, Any] | State:
     """extract -> chunk -> generate -> filter [-> preference] -> export -> publish for one pipeline config
     (or run folder): an incremental refresh that publishes a new version when the training data changed.
 
     With preference pairs enabled, the DPO export is written next to the configured format.
     """
     with guarded_run(target, "datapipe-pipeline") as record:
-        out = {
-            "extract": extract_task(target),
-            "chunk": chunk_task(target),
-            "generate": generate_task(target),
-            "filter": filter_task(target),
-        }
+        out: dict[str, Any] = {}
+        for name, stage_task in (
+            ("extract", extract_task),
+            ("chunk", chunk_task),
+            ("generate", generate_task),
+            ("filter", filter_task),
+        ):
+            out[name] = stage_task(target)
+            if STOP in out[name]:
+                return _stop(record, out[name][STOP])
         cfg = load_target(target)
         formats = export_formats(cfg, export_format)
         if cfg.generate.preference.enabled:
             out["preference"] = preference_task(target)
+            if STOP in out["preference"]:
+                return _stop(record, out["preference"][STOP])
             if "dpo" in formats[1:]:
                 out["export_dpo"] = export_task(target, "dpo")
         out["export"] = export_task(target, export_format)
