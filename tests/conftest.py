@@ -147,6 +147,11 @@ class PrefectServer:
         r.raise_for_status()
         return r.json()
 
+    def get(self, path: str) -> Any:
+        r = httpx.get(f"{self.api_url}{path}", timeout=30)
+        r.raise_for_status()
+        return r.json()
+
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:

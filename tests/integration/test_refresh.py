@@ -83,6 +83,8 @@ def test_add_edit_delete_regenerates_only_what_changed(tmp_path: Path, llama_ser
     with open(docs / edited, "a", encoding="utf-8") as fh:
         fh.write(EDIT)
     (docs / ADDED[0]).write_text(ADDED[1], encoding="utf-8")
+    (run_dir / "versions" / "v0002" / "chatml").mkdir(parents=True)  # as a run killed while publishing leaves it
+    (run_dir / "versions" / "v0002" / "chatml" / "train.parquet").write_bytes(b"half a file")
     served = llama_server.chat_requests()
     out = _invoke("run", str(cfg))
     calls = llama_server.chat_requests() - served
