@@ -117,15 +117,19 @@ def main() -> None:
               f"-> {first['version']}")  # fmt: skip
         rerun_s, rerun = timed_run(cfg, env)
         print(f"re-run:     {rerun_s:7.1f} s  teacher calls {rerun['calls']}  cache hits {rerun['cache_hits']}  "
-              f"generate shards reused {rerun['reused']}/{rerun['shards']}  new version: {rerun['new_version']}")  # fmt: skip
-        print(f"flow time inside the process: first {first['flow_seconds']:.1f} s, re-run {rerun['flow_seconds']:.1f} s")
+              f"shards reused {rerun['reused']}/{rerun['shards']}  new version: {rerun['new_version']}")  # fmt: skip
+        print(
+            f"flow time inside the process: first {first['flow_seconds']:.1f} s, re-run {rerun['flow_seconds']:.1f} s"
+        )
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
     ratio = rerun_s / first_s
     mode = "ephemeral" if args.ephemeral else "server"
-    print(f"corpus: {corpus} ({len(list((tmp / 'docs').iterdir()))} files), max_chunks {args.max_chunks}, prefect {mode}")
+    print(
+        f"corpus: {corpus} ({len(list((tmp / 'docs').iterdir()))} files), max_chunks {args.max_chunks}, prefect {mode}"
+    )
     report_load(load_start, 1.5)
     shutil.rmtree(tmp, ignore_errors=True)
     print(

@@ -75,12 +75,13 @@ def _stage(fn: Callable[..., Any], target: str, **kwargs: Any) -> None:
     from datapipe.pipeline import run_budget_key
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
+    from datapipe.store import run_lock
     from datapipe.teacher.budget import run_budget
 
     t0 = time.time()
     try:
         cfg = load_target(target)
-        with RichProgress() as progress, run_budget(run_budget_key(cfg), cfg.budget):
+        with run_lock(cfg.run_dir), RichProgress() as progress, run_budget(run_budget_key(cfg), cfg.budget):
             fn(cfg, progress=progress, **kwargs)
     except (DatapipeError, FileNotFoundError) as exc:
         _fail(exc)

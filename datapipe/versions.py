@@ -174,6 +174,8 @@ def removed_samples(
     sources: dict[str, str],
 ) -> list[Reject]:
     """Rejects for the samples of the ``previous`` version that are not in the new one and no stage rejected."""
+    if not store.has_shard("publish", previous["membership"]):  # its record was deleted by hand: nothing to compare
+        return []
     prev_members = store.read_shard("publish", previous["membership"], PublishedSample)
     gone = [m for m in prev_members if m.id not in current_ids]
     if not gone:
@@ -262,7 +264,9 @@ def run_publish(cfg: PipelineConfig, formats: list[str], progress: Any = None) -
     removed = removed_samples(store, latest, current_ids, sources) if latest else []
     membership = content_id(latest["version"] if latest else None, key, length=24)
     store.write_shard("publish", membership, PublishedSample.to_table(members), removed)
-    prev_ids = {m.id for m in store.read_shard("publish", latest["membership"], PublishedSample)} if latest else set()
+    prev_ids: set[str] = set()
+    if latest and store.has_shard("publish", latest["membership"]):
+        prev_ids = {m.id for m in store.read_shard("publish", latest["membership"], PublishedSample)}
     by_reason: dict[str, int] = {}
     for r in removed:
         by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
