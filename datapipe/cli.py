@@ -158,7 +158,7 @@ def _print_version(target: str) -> None:
         console.print(f"published version [bold]{m['version']}[/] ({m['counts']['out']} samples; {changes})")
     else:
         console.print(f"training data unchanged: the latest version is still [bold]{m['version']}[/]")
-    console.print(f"training data: [bold]{m['path']}[/]", highlight=False)
+    console.print(f"training data: [bold]{m['path']}[/]", highlight=False, soft_wrap=True)
 
 
 def _dry_run(target: str) -> None:

@@ -41,6 +41,7 @@ UNITS = {
     "filter": "kept samples",
     "preference": "preference pairs",
     "export": "exported rows",
+    "publish": "samples in the version",
 }
 DUPLICATE_KINDS = ("duplicate_of", "near_duplicate_of", "semantic_duplicate_of")
 TEACHER_COLUMNS = (
