@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -56,7 +57,15 @@ app.add_typer(_curate_app(), name="curate", help="Human review in Argilla: push 
 Target = Annotated[str, typer.Argument(help="pipeline.yaml, or a run folder (runs/<run_id>)")]
 
 
+BUDGET_EXIT = 3  # the run stopped at its teacher budget: persisted, resumable
+
+
 def _fail(exc: BaseException) -> None:
+    from datapipe.teacher.budget import BudgetExceeded
+
+    if isinstance(exc, BudgetExceeded):
+        err_console.print(f"[bold yellow]stopped:[/] {exc}", highlight=False)
+        raise typer.Exit(BUDGET_EXIT)
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
     raise typer.Exit(2)
 
@@ -70,13 +79,16 @@ def _summary(target: str, wall: float | None) -> None:
 
 
 def _stage(fn: Callable[..., Any], target: str, **kwargs: Any) -> None:
+    from datapipe.pipeline import run_budget_key
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
+    from datapipe.store import run_lock
+    from datapipe.teacher.budget import run_budget
 
     t0 = time.time()
     try:
         cfg = load_target(target)
-        with RichProgress() as progress:
+        with run_lock(cfg.run_dir), RichProgress() as progress, run_budget(run_budget_key(cfg), cfg.budget):
             fn(cfg, progress=progress, **kwargs)
     except (DatapipeError, FileNotFoundError) as exc:
         _fail(exc)
@@ -87,11 +99,24 @@ def _stage(fn: Callable[..., Any], target: str, **kwargs: Any) -> None:
 def run(
     target: Target = "pipeline.yaml",
     export_format: Annotated[str | None, typer.Option("--format", help="export format")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="extract and chunk (no teacher), then estimate the teacher calls and tokens the run would need",
+        ),
+    ] = False,
 ) -> None:
-    """Run extract -> chunk -> generate -> filter -> export as a Prefect flow, then print a summary."""
+    """Run extract -> chunk -> generate -> filter -> export -> publish as a Prefect flow, then print a summary.
+
+    Only what changed since the last run costs teacher calls; a run that is killed or stops at its
+    budget continues where it stopped when started again with the same command."""
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
 
+    if dry_run:
+        _dry_run(target)
+        return
     t0 = time.time()
     try:
         load_target(target)  # fail fast on a bad config, before Prefect starts
@@ -99,15 +124,180 @@ def run(
 
         with RichProgress() as progress:
             set_progress(progress)
-            flow_for(target)(target, export_format)
+            state = flow_for(target)(target, export_format, return_state=True)
+        if state.is_failed():
+            _raise_outcome(target, state)
     except DatapipeError as exc:
         _fail(exc)
     _summary(target, time.time() - t0)
-    from datapipe.pipeline import store_for
+    _print_version(target)
 
-    m = store_for(load_target(target)).read_manifest("export")
-    if m:
-        console.print(f"training data: [bold]{m['path']}[/] ({m['counts']['out']} rows, format {m['format']})")
+
+def _raise_outcome(target: str, state: Any) -> None:
+    """A failed flow run: a stop at the budget (see last_run.json), or the exception that failed it."""
+    from datapipe.runs import load_target
+    from datapipe.teacher.budget import BudgetExceeded
+    from flows.pipeline import LAST_RUN
+
+    path = load_target(target).run_dir / LAST_RUN
+    last = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if last.get("status") == "budget_reached":
+        raise BudgetExceeded(last.get("message", "teacher budget reached"))
+    state.result()  # raises the exception that failed the run
+
+
+def _print_version(target: str) -> None:
+    from datapipe.pipeline import store_for
+    from datapipe.runs import load_target
+
+    m = store_for(load_target(target)).read_manifest("publish")
+    if not m:
+        return
+    docs = m.get("documents", {})
+    console.print(
+        f"sources: {len(docs.get('added', []))} added, {len(docs.get('changed', []))} changed, "
+        f"{len(docs.get('deleted', []))} deleted, {docs.get('unchanged', 0)} unchanged since the previous version",
+        highlight=False,
+    )
+    if m.get("new_version"):
+        smp = m.get("samples", {})
+        changes = f"+{smp.get('added', 0)} -{smp.get('removed', 0)} samples" if smp else ""
+        console.print(f"published version [bold]{m['version']}[/] ({m['counts']['out']} samples; {changes})")
+    else:
+        console.print(f"training data unchanged: the latest version is still [bold]{m['version']}[/]")
+    console.print(f"training data: [bold]{m['path']}[/]", highlight=False, soft_wrap=True)
+
+
+def _dry_run(target: str) -> None:
+    from rich.table import Table
+
+    from datapipe.estimate import estimate_run
+    from datapipe.pipeline import run_chunk, run_extract, store_for
+    from datapipe.report import RichProgress
+    from datapipe.runs import load_target
+    from datapipe.store import run_lock
+    from datapipe.versions import current_sources, diff_sources, latest_version
+
+    try:
+        cfg = load_target(target)
+        with run_lock(cfg.run_dir):
+            with RichProgress() as progress:
+                run_extract(cfg, progress)
+                run_chunk(cfg, progress)
+            est = estimate_run(cfg)
+            store = store_for(cfg)
+            latest = latest_version(store)
+            diff = diff_sources(latest["sources"] if latest else {}, current_sources(cfg, store))
+    except (DatapipeError, FileNotFoundError) as exc:
+        _fail(exc)
+    since = f"since {latest['version']}" if latest else "(no version published yet)"
+    console.print(
+        f"sources: {len(diff.added)} added, {len(diff.changed)} changed, {len(diff.deleted)} deleted, "
+        f"{len(diff.unchanged)} unchanged {since}",
+        highlight=False,
+    )
+    sh = est["shards"]
+    table = Table(
+        title=f"dry run: teacher {est['teacher'].get('backend')}:{est['teacher'].get('model')}", title_justify="left"
+    )
+    for col in ("step", "calls", "cached", "tokens in (est.)", "tokens out (max)", "note"):
+        table.add_column(col, justify="left" if col in ("step", "note") else "right")
+    for row in [*est["steps"], est["total"]]:
+        calls = str(row["calls"]) if row["exact"] else f"<= {row['calls']}"
+        table.add_row(
+            row["step"], calls, str(row["cached"]), str(row["input_tokens"]), str(row["output_tokens"]), row["note"]
+        )
+    console.print(table)
+    console.print(
+        f"generate shards: {sh['to_generate']} to generate, {sh['reused']} already done; "
+        f"estimated teacher tokens: {est['tokens']}" + (f", cost {est['cost']:.4f}" if est["cost"] is not None else ""),
+        highlight=False,
+    )
+    b = est["budget"]
+    if b["max_tokens"] is not None or b["max_cost"] is not None:
+        verdict = "may stop at the budget" if b["may_stop_at_budget"] else "fits the budget"
+        console.print(f"budget: max_tokens={b['max_tokens']} max_cost={b['max_cost']}: {verdict}", highlight=False)
+    console.print("nothing was sent to the teacher; run without --dry-run to generate", highlight=False)
+
+
+@app.command()
+def serve(
+    target: Annotated[str, typer.Argument(help="pipeline.yaml with a schedule: section")] = "pipeline.yaml",
+) -> None:
+    """Register the pipeline and export deployments (cron from the schedule: section) and run their flow runs.
+
+    Talks to the Prefect API in PREFECT_API_URL (e.g. `prefect server start`, whose UI shows the runs);
+    stops with Ctrl-C."""
+    from datapipe.runs import load_target
+
+    try:
+        cfg = load_target(target)
+        from prefect import serve as prefect_serve
+
+        from flows.deployments import runner_deployments
+
+        deployments = runner_deployments(cfg, str(Path(target).resolve()))
+    except DatapipeError as exc:
+        _fail(exc)
+    sch = cfg.schedule
+    console.print(
+        f"serving datapipe-pipeline/{cfg.run_id} (cron {sch.cron or 'none'}) and datapipe-export/{cfg.run_id} "
+        f"(cron {sch.export_cron or 'none'}), time zone {sch.timezone}",
+        highlight=False,
+    )
+    prefect_serve(*deployments, print_starting_message=False)
+
+
+@app.command()
+def deployments(
+    target: Annotated[str, typer.Argument(help="pipeline.yaml with a schedule: section")] = "pipeline.yaml",
+    write: Annotated[Path | None, typer.Option(help="write this prefect.yaml instead of printing it")] = None,
+    work_pool: Annotated[str, typer.Option("--work-pool", help="process work pool the deployments use")] = "datapipe",
+) -> None:
+    """Print (or write) the prefect.yaml for `prefect deploy --all`, from the pipeline.yaml's schedule: section."""
+    from datapipe.config import load_config
+    from flows.deployments import config_path_for, prefect_yaml
+
+    try:
+        cfg = load_config(target)
+        text = prefect_yaml(cfg, config_path_for(Path(target), Path.cwd()), work_pool)
+    except DatapipeError as exc:
+        _fail(exc)
+    if write is None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+    else:
+        write.write_text(text, encoding="utf-8")
+        console.print(f"wrote {write}", highlight=False)
+
+
+@app.command()
+def versions(target: Target = "pipeline.yaml") -> None:
+    """List the published versions of a run's training data (the latest last)."""
+    from rich.table import Table
+
+    from datapipe.pipeline import store_for
+    from datapipe.runs import load_target
+    from datapipe.versions import list_versions, read_version
+
+    try:
+        store = store_for(load_target(target))
+    except DatapipeError as exc:
+        _fail(exc)
+    names = list_versions(store)
+    if not names:
+        console.print(f"no version published yet in {store.root}: run `datapipe run`", highlight=False)
+        return
+    table = Table(title=f"versions of {store.root}", title_justify="left")
+    for col in ("version", "created", "samples", "added", "removed", "docs +/~/-", "path"):
+        table.add_column(col, justify="left" if col in ("version", "created", "path") else "right")
+    for name in names:
+        v = read_version(store, name)
+        d, smp = v["documents"], v["samples"]
+        docs = f"{len(d['added'])}/{len(d['changed'])}/{len(d['deleted'])}"
+        label = name + (" (latest)" if name == names[-1] else "")
+        table.add_row(label, v["created"], str(smp["total"]), str(smp["added"]), str(smp["removed"]), docs, v["path"])
+    console.print(table)
+    console.print(f"latest: {names[-1]} ({store.root / 'versions' / 'latest'})", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -342,6 +342,44 @@ class RunnerConfig(_Strict):
     )
 
 
+class BudgetConfig(_Strict):
+    """Caps on what one run may spend on the teacher. Answers from the response cache are free.
+
+    A run stops before the call that could take it past a cap (reserving the call's estimated
+    input tokens and its max_new_tokens), with everything so far persisted; running the same
+    command again continues where it stopped, with a fresh budget.
+    """
+
+    max_tokens: int | None = Field(None, ge=1, description="teacher tokens (input + output) per run")
+    max_cost: float | None = Field(None, gt=0, description="per run, in the currency of the prices")
+    input_price_per_mtok: float | None = Field(None, ge=0, description="price of 1M input tokens")
+    output_price_per_mtok: float | None = Field(None, ge=0, description="price of 1M output tokens")
+
+    @model_validator(mode="after")
+    def _cost_needs_prices(self) -> BudgetConfig:
+        if self.max_cost is not None and (self.input_price_per_mtok is None or self.output_price_per_mtok is None):
+            raise ValueError("budget.max_cost needs budget.input_price_per_mtok and budget.output_price_per_mtok")
+        return self
+
+    @property
+    def priced(self) -> bool:
+        return self.input_price_per_mtok is not None and self.output_price_per_mtok is not None
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        if not self.priced:
+            return None
+        assert self.input_price_per_mtok is not None and self.output_price_per_mtok is not None
+        return (input_tokens * self.input_price_per_mtok + output_tokens * self.output_price_per_mtok) / 1e6
+
+
+class ScheduleConfig(_Strict):
+    """Cron schedules of the Prefect deployments (`datapipe serve`, `datapipe deployments`)."""
+
+    cron: str | None = Field(None, description="the full pipeline (an incremental refresh), e.g. '0 3 * * *'")
+    export_cron: str | None = Field(None, description="the export flow (curation pull + export)")
+    timezone: str = Field("UTC", description="IANA time zone the cron expressions are read in")
+
+
 class PipelineConfig(_Strict):
     run_id: str | None = Field(None, description="default: the config file's stem")
     store: str = Field("runs", description="run store root; relative paths resolve against the config file")
@@ -356,6 +394,8 @@ class PipelineConfig(_Strict):
     export: ExportConfig = ExportConfig()
     curate: CurateConfig = CurateConfig()
     runner: RunnerConfig = RunnerConfig()
+    budget: BudgetConfig = BudgetConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
 

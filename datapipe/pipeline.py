@@ -262,10 +262,17 @@ def teacher_cache_path(cfg: PipelineConfig) -> Path | None:
     return cfg.resolve(cfg.store) / ".cache" / "teacher.sqlite"
 
 
-def build_teacher(cfg: PipelineConfig) -> Any:
-    from datapipe.teacher import Teacher
+def run_budget_key(cfg: PipelineConfig) -> str:
+    return str(cfg.run_dir.resolve())
 
-    return Teacher(cfg.teacher, teacher_cache_path(cfg))
+
+def build_teacher(cfg: PipelineConfig, teacher_cfg: Any = None) -> Any:
+    """The run's teacher (or ``teacher_cfg``, e.g. a second model), drawing on the run's budget."""
+    from datapipe.teacher import Teacher
+    from datapipe.teacher.budget import budget_for
+
+    budget = budget_for(run_budget_key(cfg), cfg.budget)
+    return Teacher(teacher_cfg or cfg.teacher, teacher_cache_path(cfg), budget)
 
 
 def run_generate(
@@ -528,14 +535,13 @@ def run_preference(cfg: PipelineConfig, progress: Progress | None = None) -> dic
     from datapipe.generate.preference import PreferenceGenerator
     from datapipe.generate.prompts import load_prompt
     from datapipe.records import PreferencePair
-    from datapipe.teacher import Teacher
 
     progress = progress or NullProgress()
     store = store_for(cfg)
     pcfg = cfg.generate.preference
     prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
     teacher = build_teacher(cfg)
-    second = Teacher(pcfg.second_model, teacher_cache_path(cfg)) if pcfg.second_model else None
+    second = build_teacher(cfg, pcfg.second_model) if pcfg.second_model else None
     gen = PreferenceGenerator(pcfg, teacher, load_prompt(pcfg.judge_prompt, None, prompts_dir), second)
     cfg_hash = gen.config_hash()
     rec = StageRecorder(store, "preference", cfg_hash)

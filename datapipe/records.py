@@ -384,3 +384,23 @@ class CurationDecision(Record):
             ("detail", pa.string()),
         ]
     )
+
+
+class PublishedSample(Record):
+    """A sample in a published version of the training data, with its source (the next diff compares these)."""
+
+    id: str
+    kind: str
+    source_path: str
+    document_id: str
+    chunk_id: str
+
+    schema_ = pa.schema(
+        [
+            ("id", pa.string()),
+            ("kind", pa.string()),
+            ("source_path", pa.string()),
+            ("document_id", pa.string()),
+            ("chunk_id", pa.string()),
+        ]
+    )

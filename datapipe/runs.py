@@ -11,6 +11,7 @@ from pathlib import Path
 
 from datapipe.config import PipelineConfig, load_config
 from datapipe.errors import ConfigError
+from datapipe.store import _atomic_write_bytes
 
 RUN_CONFIG = "config.json"
 
@@ -28,8 +29,7 @@ def snapshot_config(cfg: PipelineConfig) -> Path:
     if data["teacher"].get("cache_path"):
         data["teacher"]["cache_path"] = str(cfg.resolve(cfg.teacher.cache_path or "").resolve())
     path = cfg.run_dir / RUN_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    _atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))  # a kill leaves old or new
     return path
 
 

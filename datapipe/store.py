@@ -9,17 +9,20 @@ left over from earlier inputs are never read by mistake.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datapipe.errors import TerminalError
 from datapipe.records import Record, Reject
 
 STAGE_DIRS = {
@@ -30,6 +33,7 @@ STAGE_DIRS = {
     "preference": "preferences",
     "curate": "curated",
     "export": "exports",
+    "publish": "versions",
 }
 STAGES = list(STAGE_DIRS)
 
@@ -127,6 +131,52 @@ class RunStore:
 
     def rejects_by_reason(self, stage: str) -> Counter[str]:
         return Counter(_reason_code(r.reason) for r in self.iter_rejects(stage))
+
+
+class RunLockedError(TerminalError):
+    """Another process is running a pipeline on the same run folder."""
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run folder for one process at a time (an advisory lock the OS drops when the holder dies,
+    SIGKILL included), then clear temporary files that killed writers left behind."""
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    fh = open(root / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise RunLockedError(
+                f"another datapipe process is working on {root} ({holder}); wait for it to finish "
+                f"(a killed process releases the lock by itself)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        _remove_stale_tmp(root)
+        yield
+    finally:
+        fh.close()
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Atomic writes go through ``.<name>.<pid>.tmp``; one left over belongs to a writer that died."""
+    for dirpath, dirs, files in os.walk(root):
+        links = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]
+        for name in files + links:
+            if name.startswith(".") and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                except OSError:
+                    pass
 
 
 def _reason_code(reason: str) -> str:

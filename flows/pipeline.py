@@ -1,11 +1,19 @@
 """The pipeline as a Prefect flow: one task per stage, retried only for transient failures.
 
-The stages themselves live in ``datapipe.pipeline`` and know nothing of Prefect.
+The stages themselves live in ``datapipe.pipeline`` and know nothing of Prefect. A run holds
+the run folder's lock, draws on one teacher budget, ends by publishing a new version of the
+training data when it changed (``datapipe.versions``) and records its outcome in
+``<run>/last_run.json``. Every stage skips the shards it already has, so a scheduled run over
+the same sources is an incremental refresh, and a killed run resumes when started again.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +26,17 @@ for _k, _v in {
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.states import Failed, State  # noqa: E402
 
 from datapipe import pipeline as stages  # noqa: E402
+from datapipe import versions  # noqa: E402
 from datapipe.config import PipelineConfig  # noqa: E402
 from datapipe.errors import MissingDependencyError, is_transient  # noqa: E402
 from datapipe.runs import load_target  # noqa: E402
+from datapipe.store import _atomic_write_bytes, run_lock  # noqa: E402
+from datapipe.teacher.budget import BudgetExceeded, run_budget  # noqa: E402
+
+LAST_RUN = "last_run.json"
 
 _progress: stages.Progress = stages.NullProgress()
 _workers: dict[str, set[str]] = {}  # stage -> "host:pid" of the processes that ran its parts (Ray runner)
@@ -50,6 +64,24 @@ _task_opts: dict[str, Any] = {
 }
 
 
+STOP = "budget_stop"
+
+
+def _budgeted(stage: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a stage that asks the teacher; reaching the budget is a clean stop, not a task failure to retry."""
+    try:
+        result: dict[str, Any] = stage(*args, **kwargs)
+    except BudgetExceeded as exc:
+        return {STOP: str(exc)}
+    return result
+
+
+def _stop(record: dict[str, Any], message: str) -> State:
+    """End the flow run at the budget: everything so far is persisted, the next run continues."""
+    record.update(status="budget_reached", message=message)
+    return Failed(name="BudgetReached", message=message)
+
+
 @task(name="extract", **_task_opts)
 def extract_task(target: str, done_elsewhere: dict[str, float] | None = None) -> dict[str, Any]:
     return stages.run_extract(load_target(target), _progress, done_elsewhere=done_elsewhere)
@@ -65,12 +97,14 @@ def generate_task(
     target: str, done_elsewhere: dict[str, float] | None = None, stats_elsewhere: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     cfg = load_target(target)
-    return stages.run_generate(cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats_elsewhere)
+    return _budgeted(
+        stages.run_generate, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats_elsewhere
+    )
 
 
 @task(name="filter", **_task_opts)
 def filter_task(target: str, distributed: bool = False) -> dict[str, Any]:
-    return stages.run_filter(load_target(target), _progress, map_fn=ray_map if distributed else None)
+    return _budgeted(stages.run_filter, load_target(target), _progress, map_fn=ray_map if distributed else None)
 
 
 PART_RUNNERS = {"extract": stages.run_extract, "chunk": stages.run_chunk, "generate": stages.run_generate}
@@ -141,7 +175,7 @@ def _parts_for(cfg: PipelineConfig) -> int:
 
 @task(name="preference", **_task_opts)
 def preference_task(target: str) -> dict[str, Any]:
-    return stages.run_preference(load_target(target), _progress)
+    return _budgeted(stages.run_preference, load_target(target), _progress)
 
 
 @task(name="export", **_task_opts)
@@ -149,31 +183,83 @@ def export_task(target: str, export_format: str | None = None) -> dict[str, Any]
     return stages.run_export(load_target(target), export_format, progress=_progress)
 
 
+@task(name="publish", **_task_opts)
+def publish_task(target: str, formats: list[str]) -> dict[str, Any]:
+    return versions.run_publish(load_target(target), formats, _progress)
+
+
+def export_formats(cfg: PipelineConfig, export_format: str | None) -> list[str]:
+    """The formats a run exports and publishes: the configured one, and dpo when preference pairs are on."""
+    formats = [export_format or cfg.export.format]
+    if cfg.generate.preference.enabled and export_format is None and "dpo" not in formats:
+        formats.append("dpo")
+    return formats
+
+
+def write_last_run(cfg: PipelineConfig, record: dict[str, Any]) -> None:
+    _atomic_write_bytes(cfg.run_dir / LAST_RUN, json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+@contextmanager
+def guarded_run(target: str, flow_name: str) -> Iterator[dict[str, Any]]:
+    """The run folder's lock and budget around a flow, and its outcome in last_run.json (also when it stops)."""
+    cfg = load_target(target)
+    started = time.time()
+    record: dict[str, Any] = {"flow": flow_name, "target": str(target), "started": started}
+    with run_lock(cfg.run_dir), run_budget(stages.run_budget_key(cfg), cfg.budget) as budget:
+        try:
+            yield record
+        except Exception as exc:
+            record.update(status="failed", message=f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            record.setdefault("status", "completed")
+        finally:
+            record.update(finished=time.time(), seconds=round(time.time() - started, 3), teacher=budget.as_dict())
+            write_last_run(cfg, record)
+
+
 @flow(name="datapipe-pipeline")
-def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, Any]:
-    """extract -> chunk -> generate -> filter [-> preference] -> export for one pipeline config (or run folder).
+def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, Any] | State:
+    """extract -> chunk -> generate -> filter [-> preference] -> export -> publish for one pipeline config
+    (or run folder): an incremental refresh that publishes a new version when the training data changed.
 
     With preference pairs enabled, the DPO export is written next to the configured format.
     """
     target = str(Path(target).resolve())  # tasks may run in other processes (Ray workers) with another cwd
-    cfg = load_target(target)
-    if cfg.runner.kind == "ray":
-        n = _parts_for(cfg)
-        out = {"extract": extract_task(target, **run_parts(target, "extract", n))}
-        out["chunk"] = chunk_task(target, **run_parts(target, "chunk", n))
-        out["generate"] = generate_task(target, **run_parts(target, "generate", n))
-        out["filter"] = filter_task(target, distributed=True)
-        out["workers"] = {stage: sorted(w) for stage, w in _workers.items()}
-    else:
-        out = {
-            "extract": extract_task(target),
-            "chunk": chunk_task(target),
-            "generate": generate_task(target),
-            "filter": filter_task(target),
-        }
-    if load_target(target).generate.preference.enabled:
-        out["preference"] = preference_task(target)
-        if export_format is None:
-            out["export_dpo"] = export_task(target, "dpo")
-    out["export"] = export_task(target, export_format)
+    with guarded_run(target, "datapipe-pipeline") as record:
+        cfg = load_target(target)
+        out: dict[str, Any] = {}
+        n = _parts_for(cfg) if cfg.runner.kind == "ray" else 0
+        for name, stage_task in (
+            ("extract", extract_task),
+            ("chunk", chunk_task),
+            ("generate", generate_task),
+            ("filter", filter_task),
+        ):
+            if n and name == "filter":
+                out[name] = filter_task(target, distributed=True)
+            elif n:
+                out[name] = stage_task(target, **run_parts(target, name, n))
+            else:
+                out[name] = stage_task(target)
+            if STOP in out[name]:
+                return _stop(record, out[name][STOP])
+        if n:
+            out["workers"] = {stage: sorted(w) for stage, w in _workers.items()}
+        formats = export_formats(cfg, export_format)
+        if cfg.generate.preference.enabled:
+            out["preference"] = preference_task(target)
+            if STOP in out["preference"]:
+                return _stop(record, out["preference"][STOP])
+            if "dpo" in formats[1:]:
+                out["export_dpo"] = export_task(target, "dpo")
+        out["export"] = export_task(target, export_format)
+        out["publish"] = publish_task(target, formats)
+        record.update(_published(out["publish"]))
     return out
+
+
+def _published(publish: dict[str, Any]) -> dict[str, Any]:
+    keys = ("version", "new_version", "path", "documents", "samples")
+    return {k: publish[k] for k in keys if k in publish}

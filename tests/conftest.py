@@ -130,3 +130,65 @@ FAST_GENERATE = {
     "question_params": {"max_new_tokens": 40, "temperature": 0.7, "seed": 1},
     "answer_params": {"max_new_tokens": 56, "temperature": 0.3, "seed": 1},
 }
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    home: Path
+    log_path: Path
+
+    def env(self) -> dict[str, str]:
+        """Environment for a process that talks to this server (a `datapipe` command, a worker)."""
+        return {**os.environ, "PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home)}
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        r = httpx.post(f"{self.api_url}{path}", json=body or {}, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def get(self, path: str) -> Any:
+        r = httpx.get(f"{self.api_url}{path}", timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A real `prefect server start` on 127.0.0.1 (a free port), with its own PREFECT_HOME and SQLite database."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    log = home / "server.log"
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    prefect = Path(sys.executable).parent / "prefect"
+    cmd = [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"prefect server did not start in 120 s:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield PrefectServer(api_url=url, home=home, log_path=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -42,6 +42,7 @@ UNITS = {
     "preference": "preference pairs",
     "curate": "reviewed records",
     "export": "exported rows",
+    "publish": "samples in the version",
 }
 DUPLICATE_KINDS = ("duplicate_of", "near_duplicate_of", "semantic_duplicate_of")
 TEACHER_COLUMNS = (

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from datapipe.config import GenerationParams, TeacherConfig
 from datapipe.errors import MissingDependencyError, TeacherError, TerminalError, TransientError
 from datapipe.records import content_id
+from datapipe.teacher.budget import Budget, Reservation, estimate_tokens
 from datapipe.teacher.cache import ResponseCache
 from datapipe.teacher.limiter import AdaptiveLimiter
 
@@ -347,8 +348,10 @@ def _fault_kind(message: str) -> str:
 class Teacher:
     """Bounded-concurrency, retrying, caching front of one backend. Use inside ``async with teacher.session()``."""
 
-    def __init__(self, cfg: TeacherConfig, cache_path: str | Path | None = None) -> None:
+    def __init__(self, cfg: TeacherConfig, cache_path: str | Path | None = None, budget: Budget | None = None) -> None:
         self.cfg = cfg
+        self.budget = budget
+        self._inflight: set[asyncio.Future[TeacherResponse]] = set()
         self.backend: Backend = LlamaCppBackend(cfg) if cfg.backend == "llamacpp" else OpenAIBackend(cfg)
         self.cache = ResponseCache(cache_path) if (cfg.cache and cache_path) else None
         self.stats = TeacherStats()
@@ -376,6 +379,8 @@ class Teacher:
         try:
             yield self
         finally:
+            if self._inflight:  # answers already asked for are awaited and cached, never thrown away
+                await asyncio.gather(*list(self._inflight), return_exceptions=True)
             self.stats.concurrency = self._limiter.trace.summary(self._limiter.limit)
             if isinstance(self.backend, OpenAIBackend) and self.backend.endpoint_stats():
                 self.stats.endpoints = self.backend.endpoint_stats()
@@ -399,9 +404,31 @@ class Teacher:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.stats.cache_hits += 1
             return TeacherResponse(hit["text"], hit["input_tokens"], hit["output_tokens"], cached=True)
-        limiter = self._limiter
-        assert limiter is not None, "use Teacher.complete inside `async with teacher.session()`"
+        assert self._limiter is not None, "use Teacher.complete inside `async with teacher.session()`"
+        reservation = self.budget.reserve(estimate_tokens(messages), params.max_new_tokens) if self.budget else None
+        # The request runs as a task of its own: if the caller is cancelled (another part of the run stopped it),
+        # the answer still arrives and goes into the cache; the session waits for it before closing.
+        call = asyncio.ensure_future(self._call(key, messages, params, reservation))
+        self._inflight.add(call)
+        call.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(call)
+
+    async def _call(
+        self, key: str, messages: ChatMessages, params: GenerationParams, reservation: Reservation | None
+    ) -> TeacherResponse:
+        resp: TeacherResponse | None = None
+        try:
+            resp = await self._call_with_retries(key, messages, params)
+            return resp
+        finally:
+            if reservation is not None and self.budget is not None:
+                used = (resp.input_tokens, resp.output_tokens) if resp else (0, 0)
+                self.budget.settle(reservation, *used)
+
+    async def _call_with_retries(self, key: str, messages: ChatMessages, params: GenerationParams) -> TeacherResponse:
         await self._ensure_started()
+        limiter = self._limiter
+        assert limiter is not None
         attempt = 0
         while True:
             sent_at = limiter.now()

@@ -65,7 +65,7 @@ def test_report_numbers_match_the_manifests(run_dir: Path, report: Path) -> None
     assert facts["problems"] == []
 
     manifests: dict[str, dict[str, Any]] = {}
-    for stage in ("extract", "chunk", "generate", "filter", "export"):
+    for stage in ("extract", "chunk", "generate", "filter", "export", "publish"):
         m = store.read_manifest(stage)
         assert m is not None, f"the small run has no {stage} manifest"
         manifests[stage] = m

@@ -12,6 +12,7 @@ from datapipe.records import (
     Document,
     Message,
     Provenance,
+    PublishedSample,
     Record,
     Reject,
     Sample,
@@ -75,6 +76,7 @@ EXAMPLES: list[Record] = [
         verdicts={"length": "pass"},
     ),
     Reject(stage="extract", record_id="/x/b.pdf", reason="encrypted", detail="locked", source_path="/x/b.pdf"),
+    PublishedSample(id="s1", kind="instruction", source_path="/x/a.pdf", document_id="d1", chunk_id="c1"),
 ]
 
 

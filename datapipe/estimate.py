@@ -1,0 +1,172 @@
+"""`datapipe run --dry-run`: what a run would ask the teacher, before anything is spent.
+
+Extract and chunk run for real (they cost no teacher tokens, and the run reuses their
+shards); everything after them is only counted. Generate shards that exist are free. For
+instruction data the question requests are rendered exactly and looked up in the
+response cache; for a cached question the answers are looked up too, otherwise each
+chunk counts ``questions_per_chunk`` answers (the most the run can ask). Taxonomy QA,
+the judge and preference pairs depend on outputs not yet generated: they are counted
+as upper bounds from the configured numbers. Input tokens are estimated from the
+prompt's characters (see ``datapipe.teacher.budget.estimate_tokens``); output tokens are
+counted at ``max_new_tokens`` per call, the most a call can return.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from datapipe.config import PipelineConfig
+from datapipe.records import Chunk, content_id
+from datapipe.teacher.budget import estimate_tokens
+
+
+@dataclass
+class StepEstimate:
+    step: str
+    calls: int = 0  # teacher calls (cache misses); an upper bound unless exact
+    cached: int = 0  # requests the response cache answers
+    input_tokens: int = 0  # estimated
+    output_tokens: int = 0  # at most
+    exact: bool = True
+    note: str = ""
+
+    def add_call(self, messages: list[dict[str, str]], max_new_tokens: int, n: int = 1) -> None:
+        self.calls += n
+        self.input_tokens += n * estimate_tokens(messages)
+        self.output_tokens += n * max_new_tokens
+
+
+def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
+    """Teacher calls and tokens the next run would need (after extract and chunk have run)."""
+    from datapipe.generate.instruction import InstructionGenerator, ParseError
+    from datapipe.generate.prompts import load_prompt
+    from datapipe.pipeline import build_teacher, load_leaves, select_chunks, store_for
+
+    store = store_for(cfg)
+    gen = cfg.generate
+    prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
+    teacher = build_teacher(cfg)  # not started: no model is loaded, no request is sent
+    cache = teacher.cache
+    shards = [(k, store.read_shard("chunk", k, Chunk)) for k in store.current_keys("chunk")]
+    plain = [(k, cs) for k, cs in shards if not cs or cs[0].taxonomy_path is None]
+    steps: list[StepEstimate] = []
+    shard_counts = {"to_generate": 0, "reused": 0}
+    expected_samples: dict[str, int] = {"instruction": 0, "qa": 0}
+    avg_context = 0
+
+    if "instruction" in gen.kinds:
+        qp = load_prompt(gen.question_prompt, gen.prompt_version, prompts_dir)
+        ap = load_prompt(gen.answer_prompt, gen.prompt_version, prompts_dir)
+        instr = InstructionGenerator(gen, teacher, qp, ap)
+        ihash = instr.config_hash()
+        selected = select_chunks(plain, gen.max_chunks)
+        q_est = StepEstimate("instruction questions")
+        a_est = StepEstimate("instruction answers")
+        contexts = []
+        for in_key, chunks in plain:
+            chosen = [c for c in chunks if c.id in selected]
+            key = content_id(in_key, ihash, sorted(c.id for c in chosen))  # as run_generate keys its shards
+            if store.has_shard("generate", key):
+                shard_counts["reused"] += 1
+                continue
+            shard_counts["to_generate"] += 1
+            for c in chosen:
+                contexts.append(len(c.text))
+                row = {"context": c.text, "heading": c.heading}
+                q_msgs = instr.questions.format_input(row)
+                hit = cache.get(teacher.request_key(q_msgs, gen.question_params)) if cache else None
+                if hit is None:
+                    q_est.add_call(q_msgs, gen.question_params.max_new_tokens)
+                    placeholder = {**row, "question": "x" * 80}
+                    a_est.add_call(
+                        instr.answers.format_input(placeholder),
+                        gen.answer_params.max_new_tokens,
+                        gen.questions_per_chunk,
+                    )
+                    a_est.exact = False
+                    expected_samples["instruction"] += gen.questions_per_chunk
+                    continue
+                q_est.cached += 1
+                try:
+                    questions = instr.questions.format_output(hit["text"], row)["questions"]
+                except ParseError:
+                    continue
+                for q in questions:
+                    a_msgs = instr.answers.format_input({**row, "question": q})
+                    if cache and cache.get(teacher.request_key(a_msgs, gen.answer_params)) is not None:
+                        a_est.cached += 1
+                    else:
+                        a_est.add_call(a_msgs, gen.answer_params.max_new_tokens)
+                expected_samples["instruction"] += len(questions)
+        if not a_est.exact:
+            a_est.note = f"at most {gen.questions_per_chunk} per chunk whose questions are not cached"
+        steps += [q_est, a_est]
+        avg_context = int(sum(contexts) / len(contexts)) if contexts else 0
+
+    if "qa" in gen.kinds:
+        qa_est = StepEstimate("taxonomy qa", exact=False, note="upper bound; prompt size approximated")
+        for leaf in load_leaves(cfg):
+            mine = [c for _, cs in shards for c in cs if cs and cs[0].taxonomy_path == leaf.taxonomy_path]
+            if leaf.is_knowledge:
+                n = min(len(mine), math.ceil(gen.qa.samples_per_leaf / gen.qa.pairs_per_chunk))
+                context = max((len(c.text) for c in mine), default=0)
+            else:
+                n = gen.qa.samples_per_leaf
+                context = 0
+            prompt_chars = leaf.path.stat().st_size + context
+            qa_est.add_call([{"role": "user", "content": "x" * prompt_chars}], gen.qa.params.max_new_tokens, n)
+            expected_samples["qa"] += gen.qa.samples_per_leaf
+        qa_est.note += "; leaves whose shard exists cost nothing but are counted"
+        steps.append(qa_est)
+
+    judge = cfg.filter.judge
+    judged = sum(expected_samples[k] for k in judge.kinds if k in expected_samples)
+    if judged:
+        j_est = StepEstimate("filter judge", exact=False, note="one call per new sample of a judged kind, at most")
+        msg = [{"role": "user", "content": "x" * (avg_context + 600)}]
+        j_est.add_call(msg, judge.params.max_new_tokens, judged)
+        steps.append(j_est)
+
+    pref = gen.preference
+    if pref.enabled:
+        prompts = sum(expected_samples[k] for k in pref.kinds if k in expected_samples)
+        if pref.max_prompts is not None:
+            prompts = min(prompts, pref.max_prompts)
+        n_cand = len(pref.candidates) + int(pref.second_model is not None)
+        n_rated = n_cand + int(pref.include_original)
+        p_est = StepEstimate("preference", exact=False, note="new prompts only; candidates + judge per prompt, at most")
+        msg = [{"role": "user", "content": "x" * (avg_context + 200)}]
+        for params in pref.candidates:
+            p_est.add_call(msg, params.max_new_tokens, prompts)
+        if pref.second_model is not None:
+            p_est.add_call(msg, pref.second_model_params.max_new_tokens, prompts)
+        p_est.add_call(
+            [{"role": "user", "content": "x" * (avg_context + 800)}],
+            pref.judge_params.max_new_tokens,
+            prompts * n_rated,
+        )
+        steps.append(p_est)
+
+    total = StepEstimate("total", exact=all(s.exact for s in steps))
+    for s in steps:
+        total.calls += s.calls
+        total.cached += s.cached
+        total.input_tokens += s.input_tokens
+        total.output_tokens += s.output_tokens
+    b = cfg.budget
+    tokens = total.input_tokens + total.output_tokens
+    cost = b.cost(total.input_tokens, total.output_tokens)
+    over = (b.max_tokens is not None and tokens > b.max_tokens) or (
+        b.max_cost is not None and cost is not None and cost > b.max_cost
+    )
+    return {
+        "steps": [asdict(s) for s in steps],
+        "total": asdict(total),
+        "tokens": tokens,
+        "cost": cost,
+        "shards": shard_counts,
+        "budget": {"max_tokens": b.max_tokens, "max_cost": b.max_cost, "may_stop_at_budget": bool(over)},
+        "teacher": teacher.identity,
+    }
