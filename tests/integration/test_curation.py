@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -255,8 +256,6 @@ def test_pull_applies_accept_discard_and_corrections(run: Path, argilla: Any) ->
     # Exports: curated only, everything reviewers did not drop, and DPO with the reviewers' pairs.
     only = _cli("export", str(run), "--format", "chatml", "--curated-only", "--out", str(run / "out-curated"))
     assert only.exit_code == 0, only.output
-    import pyarrow.parquet as pq
-
     rows = pq.read_table(run / "out-curated" / "train.parquet").to_pylist()
     assert sorted(r["id"] for r in rows) == ["sample-00000", "sample-00002", "sample-00006"]
     assert next(r for r in rows if r["id"] == "sample-00002")["messages"][-1]["content"] == fix2
@@ -345,3 +344,16 @@ def test_the_argilla_ui_shows_the_pushed_dataset(run: Path, argilla: Any) -> Non
     assert "about clause" in text, f"no record text on the page; screenshot: {shot}"
     assert "of 15" in text, f"the page does not count the dataset's 15 records; screenshot: {shot}"
     assert shot.stat().st_size > 20_000
+
+
+def test_the_export_flow_pulls_reviews_and_publishes_a_version(run: Path, argilla: Any) -> None:
+    """flows/export.py (the scheduled curation pull + export) pulls the decisions before exporting."""
+    from flows.export import export_flow
+
+    store = RunStore(run)
+    out = export_flow(str(run))
+    assert "curation_pull" in out, "a pushed run must be pulled before it is exported"
+    decisions, _, key = load_decisions(store)
+    assert key and decisions["sample-00001"].decision == "discarded"
+    rows = pq.read_table(run / "exports" / "chatml" / "train.parquet").to_pylist()
+    assert "sample-00001" not in {r["id"] for r in rows} and len(rows) == 47
