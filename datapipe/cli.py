@@ -120,11 +120,15 @@ def run(
     t0 = time.time()
     try:
         load_target(target)  # fail fast on a bad config, before Prefect starts
+        from datapipe.pipeline import NullProgress
         from flows.pipeline import flow_for, set_progress
 
         with RichProgress() as progress:
             set_progress(progress)
-            state = flow_for(target)(target, export_format, return_state=True)
+            try:
+                state = flow_for(target)(target, export_format, return_state=True)
+            finally:
+                set_progress(NullProgress())
         if state.is_failed():
             _raise_outcome(target, state)
     except DatapipeError as exc:

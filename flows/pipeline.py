@@ -129,7 +129,15 @@ def ray_map(fn: Any, items: list[Any]) -> list[Any]:
 
 def run_parts(target: str, stage: str, n: int) -> dict[str, Any]:
     """Run a stage's shards as ``n`` parallel part tasks; what the stage's own task needs to record them."""
-    futures = [part_task.submit(target, stage, i, n) for i in range(n)]
+    from contextlib import nullcontext
+
+    spread: Any = nullcontext()
+    if load_target(target).runner.kind == "ray":
+        from prefect_ray.context import remote_options
+
+        spread = remote_options(scheduling_strategy="SPREAD")  # one part per node first, not all on the first
+    with spread:
+        futures = [part_task.submit(target, stage, i, n) for i in range(n)]
     done: dict[str, float] = {}
     stats: list[dict[str, Any]] = []
     _progress.start(f"{stage} parts", n)

@@ -26,6 +26,13 @@ class RichProgress:
         )
         self._tasks: dict[str, TaskID] = {}
 
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Sent to another process (a Ray worker pickles the flow with its globals), the display stays
+        here: the copy is a NullProgress."""
+        from datapipe.pipeline import NullProgress
+
+        return (NullProgress, ())
+
     def __enter__(self) -> RichProgress:
         self.progress.start()
         return self

@@ -79,13 +79,19 @@ def _snapshot(config: Path) -> dict[str, Any]:
 def test_ray_runner_gives_the_local_sample_set(
     tmp_path: Path, corpus_docs: Path, llama_server: LlamaServer, ray_cluster: str
 ) -> None:
-    from flows.pipeline import flow_for
+    from datapipe.pipeline import NullProgress
+    from datapipe.report import RichProgress
+    from flows.pipeline import flow_for, set_progress
 
     local = _config(tmp_path / "local", corpus_docs, llama_server)
     flow_for(str(local))(str(local))
     on_ray = _config(tmp_path / "ray", corpus_docs, llama_server, kind="ray", address=ray_cluster)
     before = llama_server.chat_requests()
-    out = flow_for(str(on_ray))(str(on_ray))
+    set_progress(RichProgress())  # as `datapipe run` does: the display must not travel to the workers
+    try:
+        out = flow_for(str(on_ray))(str(on_ray))
+    finally:
+        set_progress(NullProgress())
     assert llama_server.chat_requests() > before, "the Ray run made no teacher requests"
     # the stages' parts ran in both worker processes of the cluster
     assert all(len(workers) == 2 for workers in out["workers"].values()), out["workers"]
