@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,10 +24,8 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
-@curate_app.command()
-def push(target: Target = "pipeline.yaml") -> None:
-    """Create or update one Argilla dataset per sample kind (records keyed by sample id)."""
-    from datapipe.curate import push as do_push
+def _with_run(target: str, action: Callable[..., Any]) -> Any:
+    """``action(cfg, store, progress)`` on the run, with a progress display; errors exit 2 with their message."""
     from datapipe.pipeline import store_for
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
@@ -34,10 +33,17 @@ def push(target: Target = "pipeline.yaml") -> None:
     try:
         cfg = load_target(target)
         with RichProgress() as progress:
-            result = do_push(cfg, store_for(cfg), progress)
+            return action(cfg, store_for(cfg), progress)
     except (DatapipeError, FileNotFoundError) as exc:
         _fail(exc)
-        return
+
+
+@curate_app.command()
+def push(target: Target = "pipeline.yaml") -> None:
+    """Create or update one Argilla dataset per sample kind (records keyed by sample id)."""
+    from datapipe.curate import push as do_push
+
+    result = _with_run(target, do_push)
     table = Table("dataset", "records", "new", "updated", "on server", title=f"pushed to {result.url}")
     for name, c in result.datasets.items():
         table.add_row(name, str(c["records"]), str(c["new"]), str(c["updated"]), str(c["on_server"]))
@@ -49,17 +55,8 @@ def push(target: Target = "pipeline.yaml") -> None:
 def pull(target: Target = "pipeline.yaml") -> None:
     """Apply submitted reviews: accepted -> curated, discarded -> rejects, corrections -> new text and DPO pairs."""
     from datapipe.curate import pull as do_pull
-    from datapipe.pipeline import store_for
-    from datapipe.report import RichProgress
-    from datapipe.runs import load_target
 
-    try:
-        cfg = load_target(target)
-        with RichProgress() as progress:
-            result = do_pull(cfg, store_for(cfg), progress)
-    except (DatapipeError, FileNotFoundError) as exc:
-        _fail(exc)
-        return
+    result = _with_run(target, do_pull)
     _print_decisions(result.manifest)
     console.print(f"pulled from {result.url} in {result.seconds:.1f} s")
 
