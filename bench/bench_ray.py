@@ -11,7 +11,7 @@ What is measured: wall time of datapipe's CPU stages over a corpus, run three wa
 Each configuration starts from an empty run store, so every worker pays its own start-up (imports,
 unstructured and spaCy, the embedding model): that is part of the honest cost. Corpora: ``../shared/corpus/docs``
 (or examples/docs) and a generated one (``--gen-docs`` text files of ``--gen-words`` words built from the corpus's
-sentences). Near-dedup runs over ``--dedup-n`` generated samples.
+sentences). Near-dedup runs over ``--dedup-n`` samples made as bench_dedup makes them.
 
 Run from the project root:  .venv/bin/python bench/bench_ray.py [--gen-docs N] [--dedup-n N]
 Last line:  RESULT bench_ray speedup_2v1=<t(1 worker)/t(2 workers)> ...
@@ -95,39 +95,10 @@ def run_stages(cfg: Any, map_fn: Any, n: int) -> dict[str, float]:
 
 
 def dedup_samples(n: int) -> list[Any]:
-    from datapipe.records import Message, Provenance, Sample
+    """bench_dedup's synthetic samples: distinct word salads, every fifth (on average) a one-word edit of one."""
+    from bench_dedup import make_samples
 
-    vocab = sorted({w for p in corpus_dir().glob("*.txt") for w in p.read_text(errors="ignore").split()})
-    rng = random.Random(1)
-    out = []
-    for i in range(n):
-        words = rng.sample(vocab, 50)  # distinct texts ...
-        if i % 5 == 0 and out:  # ... except every fifth sample: a light edit of an earlier one
-            words = out[rng.randrange(len(out))].response.split()
-            words[rng.randrange(len(words))] = "indeed"
-        a = " ".join(words)
-        q = f"Question {i}"
-        prov = Provenance(
-            source_path="x",
-            document_id="d",
-            chunk_id="c",
-            char_start=0,
-            char_end=1,
-            pages=[],
-            context="",
-            teacher_calls=[],
-        )
-        out.append(
-            Sample(
-                id=f"s{i}",
-                kind="instruction",
-                instruction=q,
-                response=a,
-                messages=[Message(role="user", content=q), Message(role="assistant", content=a)],
-                provenance=prov,
-            )
-        )
-    return out
+    return make_samples(n, dup_share=0.2, seed=1)[0]
 
 
 def time_dedup(samples: list[Any], map_fn: Any, partitions: int) -> tuple[float, int]:

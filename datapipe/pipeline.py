@@ -117,18 +117,10 @@ def run_extract(
         t0 = time.perf_counter()
         digest = _file_digest(src.path, size_limit(src.path, cfg.extract)[0])
         key = content_id(src.display, digest, cfg_hash, src.taxonomy_path)
-        reused = store.has_shard("extract", key)
-        if part is not None:
-            if not reused:
-                unread = digest.startswith(("unreadable:", "unread:"))
-                out = extract_file(src, cfg.extract, None if unread else digest)
-                docs = [out] if isinstance(out, Document) else []
-                store.write_shard("extract", key, Document.to_table(docs), [out] if isinstance(out, Reject) else [])
-                computed[key] = time.perf_counter() - t0
+        have = store.has_shard("extract", key)
+        if have and part is not None:
             continue
-        if key in done_elsewhere:
-            reused = False
-        if reused:
+        if have:
             docs = store.read_shard("extract", key, Document)
             n_rej = len(store.read_shard_rejects("extract", key))
         else:
@@ -137,6 +129,10 @@ def run_extract(
             rejects = [out] if isinstance(out, Reject) else []
             store.write_shard("extract", key, Document.to_table(docs), rejects)
             n_rej = len(rejects)
+            if part is not None:  # a worker's share: the driver's pass records it (duplicates included)
+                computed[key] = time.perf_counter() - t0
+                continue
+        reused = have and key not in done_elsewhere
         if docs and (docs[0].id, src.taxonomy_path) in seen:
             dup_key = f"dup-{key}"
             if not store.has_shard("extract", dup_key):
@@ -219,23 +215,22 @@ def run_chunk(
     computed: dict[str, float] = {}
     for in_key in in_keys:
         key = content_id(in_key, cfg_hash)
-        if not in_part(key, part) or (part is not None and store.has_shard("chunk", key)):
+        have = store.has_shard("chunk", key)
+        if not in_part(key, part) or (have and part is not None):
             continue
         t0 = time.perf_counter()
         docs = store.read_shard("extract", in_key, Document)
-        reused = store.has_shard("chunk", key) and key not in done_elsewhere
-        if key in done_elsewhere:
-            n_out = len(store.read_shard("chunk", key, Chunk))
-        elif reused:
+        if have:
             n_out = len(store.read_shard("chunk", key, Chunk))
         else:
             chunker = chunker or SemanticChunker(cfg.chunk)
             chunks = [c for d in docs for c in chunker.chunk(d)]
             store.write_shard("chunk", key, Chunk.to_table(chunks), [])
             n_out = len(chunks)
-            computed[key] = time.perf_counter() - t0
-        if part is not None:
-            continue
+            if part is not None:  # a worker's share: the driver's pass records it
+                computed[key] = time.perf_counter() - t0
+                continue
+        reused = have and key not in done_elsewhere
         rec.add(key, [in_key], len(docs), n_out, 0, done_elsewhere.get(key, time.perf_counter() - t0), reused)
         progress.advance("chunk")
     if part is not None:
@@ -381,14 +376,8 @@ def run_generate(
 
     async def one_job(key: str, inputs: list[str], n_in: int, job: Any) -> None:
         t0 = time.perf_counter()
-        reused = store.has_shard("generate", key)
-        if key in done_elsewhere:
-            n_out = len(store.read_shard("generate", key, Sample))
-            n_rej = len(store.read_shard_rejects("generate", key))
-            progress.advance("generate", n_in)
-            results[key] = (inputs, n_in, n_out, n_rej, 0, done_elsewhere[key], False)
-            return
-        if reused:
+        have = store.has_shard("generate", key)
+        if have:
             n_out = len(store.read_shard("generate", key, Sample))
             n_rej = len(store.read_shard_rejects("generate", key))
             progress.advance("generate", n_in)
@@ -396,7 +385,8 @@ def run_generate(
             samples, rejects = await job()
             store.write_shard("generate", key, Sample.to_table(samples), rejects)
             n_out, n_rej = len(samples), len(rejects)
-        results[key] = (inputs, n_in, n_out, n_rej, 0, time.perf_counter() - t0, reused)
+        seconds = done_elsewhere.get(key, time.perf_counter() - t0)
+        results[key] = (inputs, n_in, n_out, n_rej, 0, seconds, have and key not in done_elsewhere)
 
     async def main() -> None:
         async with teacher.session():
@@ -634,7 +624,7 @@ def run_export(
     from pydantic import ValidationError
 
     from datapipe.config import ExportConfig
-    from datapipe.curate import apply_curation, load_decisions
+    from datapipe.curate import apply_curation, curation_key
     from datapipe.errors import ConfigError
     from datapipe.export import ExportOptions, TokenCount, collect_run_facts, export_records, tokenizer_fingerprint
     from datapipe.export import push_to_hub as push
@@ -665,8 +655,8 @@ def run_export(
         pretty_name=ecfg.pretty_name or f"datapipe {cfg.run_id} ({fmt})",
     )
     in_stage, record_type = ("preference", PreferencePair) if fmt == "dpo" else ("filter", Sample)
-    _, _, curation_key = load_decisions(store)
-    if fmt == "dpo" and curation_key and store.read_manifest("preference") is None:
+    pulled = curation_key(store)
+    if fmt == "dpo" and pulled and store.read_manifest("preference") is None:
         in_keys: list[str] = []  # no judged pairs: only the reviewers' correction pairs
     else:
         in_keys = store.current_keys(in_stage)
@@ -674,7 +664,7 @@ def run_export(
     tok_id = tokenizer_fingerprint(resolve_tokenizer_path(options.tokenizer)) if measured else None
     lengths_hash = content_id(options.length_settings(), tok_id, length=16)
     rec = StageRecorder(store, "export", content_id(lengths_hash, ecfg.split, ecfg.license, length=16))
-    curation = [curation_key, ecfg.curated_only] if curation_key or ecfg.curated_only else []
+    curation = [pulled, ecfg.curated_only] if pulled or ecfg.curated_only else []
     key = f"_index/{fmt}-{content_id(in_keys, lengths_hash, *curation, length=16)}"
     reused = store.has_shard("export", key)
     known = {c.id: c.n_tokens for c in store.read_shard("export", key, TokenCount)} if reused else None
@@ -698,7 +688,7 @@ def run_export(
     n_rejected = len(not_curated) + len(result.rejects)
     rec.add(key, in_keys, len(stored), result.n_out, n_rejected, time.perf_counter() - t0, reused)
     rec.extra.update(result.manifest_fields())
-    if curation_key or ecfg.curated_only:
+    if pulled or ecfg.curated_only:
         rec.extra["curation"] = {"curated_only": ecfg.curated_only, **curation_counts}
     progress.done("export")
     manifest = rec.finish()

@@ -135,12 +135,12 @@ def diff_sources(previous: dict[str, str], current: dict[str, str]) -> SourceDif
 def export_inputs(cfg: PipelineConfig, store: RunStore, fmt: str) -> list[Any]:
     """What an export of ``fmt`` is a function of: its input shards, the export settings and the
     reviewers' decisions of the last `datapipe curate pull` (so new decisions publish a new version)."""
-    from datapipe.curate import load_decisions
+    from datapipe.curate import curation_key
 
     settings = {k: v for k, v in cfg.export.model_dump(mode="json").items() if k not in _EXPORT_KEYS_IGNORED}
     stage = "preference" if fmt == "dpo" else "filter"
     keys = store.current_keys(stage) if store.read_manifest(stage) is not None else []
-    return [fmt, keys, settings | {"format": fmt}, load_decisions(store)[2]]
+    return [fmt, keys, settings | {"format": fmt}, curation_key(store)]
 
 
 def content_key(cfg: PipelineConfig, store: RunStore, formats: list[str]) -> str:

@@ -128,15 +128,11 @@ def ray_map(fn: Any, items: list[Any]) -> list[Any]:
 
 
 def run_parts(target: str, stage: str, n: int) -> dict[str, Any]:
-    """Run a stage's shards as ``n`` parallel part tasks; what the stage's own task needs to record them."""
-    from contextlib import nullcontext
+    """Run a stage's shards as ``n`` parallel part tasks on the Ray runner; what the stage's own task needs
+    to record them."""
+    from prefect_ray.context import remote_options
 
-    spread: Any = nullcontext()
-    if load_target(target).runner.kind == "ray":
-        from prefect_ray.context import remote_options
-
-        spread = remote_options(scheduling_strategy="SPREAD")  # one part per node first, not all on the first
-    with spread:
+    with remote_options(scheduling_strategy="SPREAD"):  # one part per node first, not all on the first
         futures = [part_task.submit(target, stage, i, n) for i in range(n)]
     done: dict[str, float] = {}
     stats: list[dict[str, Any]] = []

@@ -98,25 +98,34 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"llama_cpp.server did not start in 120 s:\n{log.read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_until_up(proc, f"{url}/v1/models", log, "llama_cpp.server")
         yield LlamaServer(base_url=f"{url}/v1", log_path=log)
     finally:
-        proc.terminate()
+        stop(proc, 10)
+
+
+def wait_until_up(proc: subprocess.Popen[bytes], probe: str, log: Path, name: str, timeout: float = 120) -> None:
+    """Poll ``probe`` until it answers 200; fail with the server's log when it exits or takes too long."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            if httpx.get(probe, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            pytest.fail(f"{name} did not start in {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def write_config(path: Path, **sections: Any) -> Path:
@@ -173,22 +182,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"prefect server did not start in 120 s:\n{log.read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_until_up(proc, f"{url}/health", log, "prefect server")
         yield PrefectServer(api_url=url, home=home, log_path=log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 20)

@@ -511,7 +511,9 @@ def pull(cfg: PipelineConfig, store: RunStore, progress: Any = None) -> PullResu
         _discard_reject(d, by_id[d.record_id], cfg.curate.policy) for d in decisions if d.decision == "discarded"
     ]
     pairs = [
-        reviewer_pair(by_id[d.record_id], d) for d in decisions if d.decision == "corrected" and d.kind != "preference"
+        reviewer_pair(by_id[d.record_id], d, cfg.curate.policy)
+        for d in decisions
+        if d.decision == "corrected" and d.kind != "preference"
     ]
     cfg_hash = content_id(cfg.section_hash("curate"), length=16)
     key = content_id(cfg_hash, [d.model_dump() for d in decisions], length=24)
@@ -582,7 +584,7 @@ def _replace_last_assistant(messages: list[Message], text: str) -> list[Message]
     return out
 
 
-def reviewer_pair(sample: Sample, d: CurationDecision) -> PreferencePair:
+def reviewer_pair(sample: Sample, d: CurationDecision, policy: str) -> PreferencePair:
     """chosen = the reviewer's correction, rejected = the teacher's original response."""
     assert d.corrected_text is not None
     prompt = sample.messages[:-1] if sample.messages and sample.messages[-1].role == "assistant" else sample.messages
@@ -604,16 +606,22 @@ def reviewer_pair(sample: Sample, d: CurationDecision) -> PreferencePair:
         ],
         judge_model=f"reviewer:{reviewer}",
         judge_prompt=f"argilla:{d.dataset}",
-        provenance=sample.provenance.model_copy(update={"curation": _curation(d, "", sample.response)}),
+        provenance=sample.provenance.model_copy(update={"curation": _curation(d, policy, sample.response)}),
     )
+
+
+def curation_key(store: RunStore) -> str:
+    """The last pull's shard key ('' if none): what exports and versions depend on, read from the manifest."""
+    manifest = store.read_manifest("curate")
+    return str(manifest["shards"][0]["key"]) if manifest and manifest.get("shards") else ""
 
 
 def load_decisions(store: RunStore) -> tuple[dict[str, CurationDecision], list[PreferencePair], str]:
     """The last pull's decisions by record id, its reviewer pairs, and the pull's shard key ('' if none)."""
-    manifest = store.read_manifest("curate")
-    if manifest is None or not manifest.get("shards"):
+    key = curation_key(store)
+    if not key:
         return {}, [], ""
-    key = manifest["shards"][0]["key"]
+    manifest = store.read_manifest("curate") or {}
     decisions = {d.record_id: d for d in store.read_shard("curate", key, CurationDecision)}
     pairs = store.read_shard("curate", manifest["pairs_key"], PreferencePair)
     return decisions, pairs, key
