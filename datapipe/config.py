@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from upath import UPath
 
 from datapipe.errors import ConfigError
 from datapipe.yamlsafe import alias_problem
@@ -382,7 +383,16 @@ class ScheduleConfig(_Strict):
 
 class PipelineConfig(_Strict):
     run_id: str | None = Field(None, description="default: the config file's stem")
-    store: str = Field("runs", description="run store root; relative paths resolve against the config file")
+    store: str = Field(
+        "runs",
+        description="run store root: a folder (relative paths resolve against the config file) or an fsspec URL "
+        "such as s3://bucket/runs, which every Ray node must reach",
+    )
+    store_options: dict[str, Any] = Field(
+        {},
+        description="fsspec options of a store URL, e.g. {endpoint_url: http://minio:9000} for s3://; credentials "
+        "come from the filesystem's own environment variables (AWS_ACCESS_KEY_ID, ...), never from here",
+    )
     sources: list[str] = Field([], description="files, folders or globs")
     prompts_dir: str | None = Field(None, description="default: the prompts/ folder shipped with datapipe")
     extract: ExtractConfig = ExtractConfig()
@@ -399,6 +409,23 @@ class PipelineConfig(_Strict):
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
 
+    @field_validator("store_options")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, Any]) -> dict[str, Any]:
+        def walk(d: Any, path: str) -> None:
+            if isinstance(d, dict):
+                for k, val in d.items():
+                    if _SECRET_WORDS.search(str(k)):
+                        raise ValueError(
+                            f"{path}{k} looks like a credential: set it in the environment the filesystem reads "
+                            f"(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3://), not in the config, "
+                            f"which is copied into the run folder"
+                        )
+                    walk(val, f"{path}{k}.")
+
+        walk(v, "")
+        return v
+
     @model_validator(mode="after")
     def _has_inputs(self) -> PipelineConfig:
         if not self.sources and "qa" not in self.generate.kinds:
@@ -410,8 +437,26 @@ class PipelineConfig(_Strict):
         return path if path.is_absolute() else (self.base_dir / path)
 
     @property
-    def run_dir(self) -> Path:
-        return self.resolve(self.store) / (self.run_id or "run")
+    def run_dir(self) -> UPath:
+        """The run folder: a local path, or a path on the store URL's filesystem (with ``store_options``)."""
+        from datapipe.fsio import as_path, is_url
+
+        if is_url(self.store):
+            return as_path(self.store.rstrip("/"), self.store_options) / (self.run_id or "run")
+        return UPath(self.resolve(self.store)) / (self.run_id or "run")
+
+    def location(self, p: str) -> UPath:
+        """A path the run writes to: an fsspec URL (with ``store_options``) or a local path resolved like
+        every other path in the config."""
+        from datapipe.fsio import as_path, is_url
+
+        return as_path(p, self.store_options) if is_url(p) else UPath(self.resolve(p))
+
+    @property
+    def store_is_local(self) -> bool:
+        from datapipe.fsio import is_url
+
+        return not is_url(self.store)
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named config sections (what a stage's output depends on)."""

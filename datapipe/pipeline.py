@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
 from datapipe.config import PipelineConfig
+from datapipe.fsio import as_path
 from datapipe.records import Chunk, Document, Reject, Sample, content_id
 from datapipe.store import RunStore, StageRecorder
 
@@ -254,11 +256,19 @@ def teacher_cache_path(cfg: PipelineConfig) -> Path | None:
         return None
     if cfg.teacher.cache_path:
         return cfg.resolve(cfg.teacher.cache_path)
+    if not cfg.store_is_local:  # SQLite wants a local disk: one cache per machine for a store on a URL
+        digest = hashlib.sha256(str(cfg.run_dir).encode()).hexdigest()[:16]
+        return (
+            Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+            / "datapipe"
+            / "teacher"
+            / f"{digest}.sqlite"
+        )
     return cfg.resolve(cfg.store) / ".cache" / "teacher.sqlite"
 
 
 def run_budget_key(cfg: PipelineConfig) -> str:
-    return str(cfg.run_dir.resolve())
+    return str(cfg.run_dir.resolve()) if cfg.store_is_local else str(cfg.run_dir)
 
 
 def build_teacher(cfg: PipelineConfig, teacher_cfg: Any = None) -> Any:
@@ -429,14 +439,82 @@ def _benchmark_digests(cfg: PipelineConfig) -> list[str]:
     return out
 
 
+def _token_counter(cfg: PipelineConfig) -> Any:
+    from datapipe.chunk import count_tokens, load_embedder
+
+    if cfg.filter.min_response_tokens <= 0:
+        return None
+    model = load_embedder(cfg.chunk.model)
+    return lambda text: count_tokens(model.tokenizer, [text])[0]
+
+
+def _heuristics_slice(job: tuple[PipelineConfig, list[Sample]]) -> list[Sample | Reject]:
+    """A task of the distributed filter: the per-sample heuristics over one slice (exact dedup is global)."""
+    from datapipe.filter import filter_samples
+
+    cfg, samples = job
+    return list(filter_samples(samples, cfg.filter.model_copy(update={"dedup_exact": False}), _token_counter(cfg)))
+
+
+def _content_slice(job: tuple[PipelineConfig, list[Sample]]) -> tuple[list[Sample], list[Reject], list[Reject]]:
+    """A task of the distributed filter: decontamination and grounding over one slice; each judges a sample
+    alone. Returns the slice's kept samples, decontamination rejects and grounding rejects."""
+    from datapipe.chunk import load_embedder
+    from datapipe.filter import grounding
+    from datapipe.filter.decontam import Decontaminator
+
+    cfg, kept = job
+    fcfg = cfg.filter
+    decon_rejects: list[Reject] = []
+    ground_rejects: list[Reject] = []
+    if fcfg.decontamination.benchmarks and kept:
+        decon = Decontaminator.build(fcfg.decontamination, cfg.base_dir)
+        checked = [(s, decon.check(s)) for s in kept]
+        decon_rejects = [r for _, r in checked if r is not None]
+        kept = [s for s, r in checked if r is None]
+    if fcfg.grounding.enabled and kept:
+        bad = grounding.check_grounding(kept, fcfg.grounding, load_embedder(cfg.chunk.model))
+        ground_rejects = grounding.as_rejects(kept, bad, fcfg.grounding)
+        kept = [s for s in kept if s.id not in bad]
+    return kept, decon_rejects, ground_rejects
+
+
+def _distributed_per_sample_steps(cfg: PipelineConfig, samples: list[Sample], map_fn: Any, drop: Any) -> list[Sample]:
+    """Heuristics, exact dedup, decontamination and grounding with the per-sample work split into tasks of
+    ``filter.near_dedup.slice_size`` samples: the same verdicts, in the same order, as in one process."""
+    from datapipe.filter import exact_duplicate, verdict_reject
+
+    size = max(1, cfg.filter.near_dedup.slice_size)
+
+    def slices(items: list[Sample]) -> list[tuple[PipelineConfig, list[Sample]]]:
+        return [(cfg, items[i : i + size]) for i in range(0, len(items), size)]
+
+    heur: list[Reject] = []
+    kept: list[Sample] = []
+    seen: dict[str, str] = {}
+    for out in (o for part in map_fn(_heuristics_slice, slices(samples)) for o in part):
+        if isinstance(out, Sample) and cfg.filter.dedup_exact and (verdict := exact_duplicate(out, seen)):
+            out = verdict_reject(out, verdict)
+        (kept if isinstance(out, Sample) else heur).append(out)  # type: ignore[arg-type]
+    drop("heuristics", heur)
+    if not kept or not (cfg.filter.decontamination.benchmarks or cfg.filter.grounding.enabled):
+        return kept
+    results = map_fn(_content_slice, slices(kept))
+    if cfg.filter.decontamination.benchmarks:
+        drop("decontamination", [r for _, d, _ in results for r in d])
+    if cfg.filter.grounding.enabled:
+        drop("grounding", [r for _, _, g in results for r in g])
+    return [s for k, _, _ in results for s in k]
+
+
 def apply_filters(
     cfg: PipelineConfig, samples: list[Sample], progress: Progress, judge: Any = None, map_fn: Any = None
 ) -> tuple[list[Sample], list[Reject], dict[str, int]]:
     """All filters in order, cheapest first; returns kept samples, rejects and per-filter drop counts.
-    ``map_fn`` runs the partitioned near-dedup's tasks (default: in this process)."""
-    from datapipe.chunk import count_tokens, load_embedder
-    from datapipe.filter import dedup, filter_samples, grounding
-    from datapipe.filter.decontam import Decontaminator
+    With ``map_fn`` (e.g. Ray tasks) the per-sample steps run in slices and the partitioned near-dedup's
+    tasks through it; without, everything runs in this process."""
+    from datapipe.chunk import load_embedder
+    from datapipe.filter import dedup
 
     fcfg = cfg.filter
     rejects: list[Reject] = []
@@ -447,23 +525,13 @@ def apply_filters(
         dropped[step] = dropped.get(step, 0) + len(rs)
         progress.advance("filter", len(rs))
 
-    needs_model = fcfg.semantic_dedup.enabled or fcfg.grounding.enabled or fcfg.min_response_tokens > 0
-    model = load_embedder(cfg.chunk.model) if (samples and needs_model) else None
-    counter = (lambda text: count_tokens(model.tokenizer, [text])[0]) if model is not None else None
-    kept: list[Sample] = []
-    heur: list[Reject] = []
-    for out in filter_samples(samples, fcfg, counter):
-        (kept if isinstance(out, Sample) else heur).append(out)  # type: ignore[arg-type]
-    drop("heuristics", heur)
-    if fcfg.decontamination.benchmarks and kept:
-        decon = Decontaminator.build(fcfg.decontamination, cfg.base_dir)
-        checked = [(s, decon.check(s)) for s in kept]
-        drop("decontamination", [r for _, r in checked if r is not None])
-        kept = [s for s, r in checked if r is None]
-    if fcfg.grounding.enabled and kept and model is not None:
-        bad = grounding.check_grounding(kept, fcfg.grounding, model)
-        drop("grounding", grounding.as_rejects(kept, bad, fcfg.grounding))
-        kept = [s for s in kept if s.id not in bad]
+    if map_fn is not None:
+        kept = _distributed_per_sample_steps(cfg, samples, map_fn, drop)
+        model = load_embedder(cfg.chunk.model) if (kept and fcfg.semantic_dedup.enabled) else None
+    else:
+        needs_model = fcfg.semantic_dedup.enabled or fcfg.grounding.enabled or fcfg.min_response_tokens > 0
+        model = load_embedder(cfg.chunk.model) if (samples and needs_model) else None
+        kept = _single_process_per_sample_steps(cfg, samples, model, drop)
     if fcfg.near_dedup.enabled and kept:
         if fcfg.near_dedup.partitions > 1:
             near = dedup.near_duplicates_partitioned(
@@ -488,6 +556,31 @@ def apply_filters(
     else:
         progress.advance("filter", len(kept))
     return kept, rejects, dropped
+
+
+def _single_process_per_sample_steps(cfg: PipelineConfig, samples: list[Sample], model: Any, drop: Any) -> list[Sample]:
+    """Heuristics with exact dedup, decontamination and grounding, in this process."""
+    from datapipe.chunk import count_tokens
+    from datapipe.filter import filter_samples, grounding
+    from datapipe.filter.decontam import Decontaminator
+
+    fcfg = cfg.filter
+    counter = (lambda text: count_tokens(model.tokenizer, [text])[0]) if model is not None else None
+    kept: list[Sample] = []
+    heur: list[Reject] = []
+    for out in filter_samples(samples, fcfg, counter):
+        (kept if isinstance(out, Sample) else heur).append(out)  # type: ignore[arg-type]
+    drop("heuristics", heur)
+    if fcfg.decontamination.benchmarks and kept:
+        decon = Decontaminator.build(fcfg.decontamination, cfg.base_dir)
+        checked = [(s, decon.check(s)) for s in kept]
+        drop("decontamination", [r for _, r in checked if r is not None])
+        kept = [s for s, r in checked if r is None]
+    if fcfg.grounding.enabled and kept and model is not None:
+        bad = grounding.check_grounding(kept, fcfg.grounding, model)
+        drop("grounding", grounding.as_rejects(kept, bad, fcfg.grounding))
+        kept = [s for s in kept if s.id not in bad]
+    return kept
 
 
 def run_filter(cfg: PipelineConfig, progress: Progress | None = None, map_fn: Any = None) -> dict[str, Any]:
@@ -520,8 +613,15 @@ def run_filter(cfg: PipelineConfig, progress: Progress | None = None, map_fn: An
     return rec.finish()
 
 
-def run_preference(cfg: PipelineConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """DPO pairs from the kept samples: candidates per prompt, judged; pairs or rejects with reasons."""
+def run_preference(
+    cfg: PipelineConfig,
+    progress: Progress | None = None,
+    part: Part = None,
+    done_elsewhere: dict[str, float] | None = None,
+    stats_elsewhere: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """DPO pairs from the kept samples: candidates per prompt, judged; pairs or rejects with reasons.
+    Batches of 8 prompts are its shards; ``part``/``done_elsewhere``/``stats_elsewhere``: see :func:`run_generate`."""
     from datapipe.generate.preference import PreferenceGenerator
     from datapipe.generate.prompts import load_prompt
     from datapipe.records import PreferencePair
@@ -539,6 +639,15 @@ def run_preference(cfg: PipelineConfig, progress: Progress | None = None) -> dic
     skipped = samples[pcfg.max_prompts :] if pcfg.max_prompts else []
     samples = samples[: pcfg.max_prompts] if pcfg.max_prompts else samples
     batches = [samples[i : i + 8] for i in range(0, len(samples), 8)]
+    if part is not None:
+        batches = [
+            b
+            for b in batches
+            if in_part(key := content_id([s.id for s in b], cfg_hash), part) and not store.has_shard("preference", key)
+        ]
+        skipped = []
+    done_elsewhere = done_elsewhere or {}
+    computed: dict[str, float] = {}
     progress.start("preference", len(samples) + len(skipped))
     if skipped:
         key = "skipped-" + content_id([s.id for s in skipped], cfg_hash)
@@ -590,12 +699,27 @@ def run_preference(cfg: PipelineConfig, progress: Progress | None = None) -> dic
                 rejects = [r for r in results if isinstance(r, Reject)]
                 store.write_shard("preference", key, PreferencePair.to_table(pairs), rejects)
                 n_out, n_rej = len(pairs), len(rejects)
-            rec.add(key, [s.id for s in batch], len(batch), n_out, n_rej, time.perf_counter() - t0, reused)
+            seconds = done_elsewhere.get(key, time.perf_counter() - t0)
+            computed[key] = seconds
+            reused = reused and key not in done_elsewhere
+            rec.add(key, [s.id for s in batch], len(batch), n_out, n_rej, seconds, reused)
 
     asyncio.run(main())
-    rec.extra["teacher"] = {**teacher.identity, **teacher.stats.as_dict()}
+    if part is not None:
+        out: dict[str, Any] = {"computed": computed, "teacher": teacher.stats.as_dict()}
+        if second is not None:
+            out["second_model"] = second.stats.as_dict()
+        return out
+    elsewhere = stats_elsewhere or []
+    rec.extra["teacher"] = {
+        **teacher.identity,
+        **merge_stats([teacher.stats.as_dict(), *(st["teacher"] for st in elsewhere if "teacher" in st)]),
+    }
     if second is not None:
-        rec.extra["second_model"] = {**second.identity, **second.stats.as_dict()}
+        rec.extra["second_model"] = {
+            **second.identity,
+            **merge_stats([second.stats.as_dict(), *(st["second_model"] for st in elsewhere if "second_model" in st)]),
+        }
     progress.done("preference")
     return rec.finish()
 
@@ -641,7 +765,11 @@ def run_export(
         problems = "; ".join(f"export.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"invalid export settings: {problems}") from None
     fmt = ecfg.format
-    out_dir = Path(out) if out else (cfg.resolve(ecfg.out) if ecfg.out else store.root / "exports" / fmt)
+    out_dir = (
+        as_path(out, cfg.store_options)
+        if out
+        else (cfg.location(ecfg.out) if ecfg.out else store.root / "exports" / fmt)
+    )
     options = ExportOptions(
         fmt=fmt,
         system_prompt=ecfg.system_prompt,

@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from upath import UPath
+
 from datapipe.config import PipelineConfig, load_config
 from datapipe.errors import ConfigError
+from datapipe.fsio import as_path, is_url
 from datapipe.store import _atomic_write_bytes
 
 RUN_CONFIG = "config.json"
 
 
-def snapshot_config(cfg: PipelineConfig) -> Path:
+def snapshot_config(cfg: PipelineConfig) -> UPath:
     """Write the run's config into its folder; it holds env var *names*, never their values."""
     data = cfg.model_dump(mode="json")
-    data["store"] = str(cfg.resolve(cfg.store).resolve())
+    data["store"] = cfg.store if is_url(cfg.store) else str(cfg.resolve(cfg.store).resolve())
     data["sources"] = [s if Path(s).is_absolute() else str((cfg.base_dir / s).resolve()) for s in cfg.sources]
     if cfg.prompts_dir:
         data["prompts_dir"] = str(cfg.resolve(cfg.prompts_dir).resolve())
@@ -33,10 +36,12 @@ def snapshot_config(cfg: PipelineConfig) -> Path:
     return path
 
 
-def load_target(target: str | Path) -> PipelineConfig:
-    """A pipeline YAML file, or a run folder containing config.json."""
-    p = Path(target)
-    if p.is_dir():
+def load_target(target: str | Path | UPath) -> PipelineConfig:
+    """A pipeline YAML file, or a run folder containing config.json (a local folder or a store URL).
+
+    A run on a URL that needs ``store_options`` (an S3 endpoint) is reached through its pipeline.yaml."""
+    p = as_path(target) if isinstance(target, str) else UPath(target)
+    if is_url(str(target)) or p.is_dir():
         cfg_file = p / RUN_CONFIG
         if not cfg_file.is_file():
             raise ConfigError(
@@ -44,7 +49,7 @@ def load_target(target: str | Path) -> PipelineConfig:
                 f"made by `datapipe run` / `datapipe extract`"
             )
         data = json.loads(cfg_file.read_text(encoding="utf-8"))
-        return PipelineConfig(**data, base_dir=p.resolve())
-    cfg = load_config(p)
+        return PipelineConfig(**data, base_dir=p.resolve() if isinstance(p, Path) else Path("."))
+    cfg = load_config(Path(str(p)))
     snapshot_config(cfg)
     return cfg

@@ -5,6 +5,10 @@ name and renamed, the rejects of a shard before the shard itself, so a run kille
 any point resumes by skipping completed shards and redoing only the one in flight.
 A stage's current output is the list of shards named in its manifest, so shards
 left over from earlier inputs are never read by mistake.
+
+The run folder is a local path (the default) or an fsspec URL (``s3://bucket/runs/demo``): every read and
+write goes through ``datapipe.fsio``, so a shard written by a Ray worker on another machine is the same
+object the driver reads. On an object store a shard is one PUT, complete or absent, as a renamed file is.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,8 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+from upath import UPath
 
+from datapipe import fsio
 from datapipe.errors import TerminalError
 from datapipe.records import Record, Reject
 
@@ -40,38 +46,27 @@ STAGES = list(STAGE_DIRS)
 R = TypeVar("R", bound=Record)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _atomic_write_bytes(path: Path | UPath, data: bytes) -> None:
+    fsio.write_bytes(path if isinstance(path, UPath) else UPath(path), data, fsync=True)
 
 
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _atomic_write_table(path: Path | UPath, table: pa.Table) -> None:
+    fsio.write_table(path if isinstance(path, UPath) else UPath(path), table, fsync=True)
 
 
 class RunStore:
     """One run's folder. Stages read and write through it, never through raw paths."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.root = Path(run_dir)
+    def __init__(self, run_dir: str | Path | UPath) -> None:
+        self.root: UPath = run_dir if isinstance(run_dir, UPath) else fsio.as_path(run_dir)
 
-    def stage_dir(self, stage: str) -> Path:
+    def stage_dir(self, stage: str) -> UPath:
         return self.root / STAGE_DIRS[stage]
 
-    def shard_path(self, stage: str, key: str) -> Path:
+    def shard_path(self, stage: str, key: str) -> UPath:
         return self.stage_dir(stage) / f"{key}.parquet"
 
-    def rejects_path(self, stage: str, key: str) -> Path:
+    def rejects_path(self, stage: str, key: str) -> UPath:
         return self.root / "rejects" / stage / f"{key}.parquet"
 
     def has_shard(self, stage: str, key: str) -> bool:
@@ -83,13 +78,13 @@ class RunStore:
         _atomic_write_table(self.shard_path(stage, key), table)
 
     def read_shard(self, stage: str, key: str, record: type[R]) -> list[R]:
-        return record.from_table(pq.read_table(self.shard_path(stage, key)))
+        return record.from_table(fsio.read_table(self.shard_path(stage, key)))
 
     def read_shard_rejects(self, stage: str, key: str) -> list[Reject]:
         path = self.rejects_path(stage, key)
-        return Reject.from_table(pq.read_table(path)) if path.is_file() else []
+        return Reject.from_table(fsio.read_table(path)) if path.is_file() else []
 
-    def manifest_path(self, stage: str) -> Path:
+    def manifest_path(self, stage: str) -> UPath:
         return self.stage_dir(stage) / "manifest.json"
 
     def read_manifest(self, stage: str) -> dict[str, Any] | None:
@@ -141,12 +136,18 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[None]:
+def run_lock(run_dir: str | Path | UPath) -> Iterator[None]:
     """Hold the run folder for one process at a time (an advisory lock the OS drops when the holder dies,
-    SIGKILL included), then clear temporary files that killed writers left behind."""
-    root = Path(run_dir)
+    SIGKILL included), then clear temporary files that killed writers left behind.
+
+    A run store on a URL is locked by a ``.lock`` object created only if absent (see ``_object_lock``)."""
+    root = run_dir if isinstance(run_dir, UPath) else fsio.as_path(run_dir)
+    if not fsio.is_local(root):
+        with _object_lock(root):
+            yield
+        return
     root.mkdir(parents=True, exist_ok=True)
-    fh = open(root / LOCK_FILE, "a+")
+    fh = open(fsio.local(root / LOCK_FILE), "a+")
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -161,10 +162,64 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         fh.truncate()
         fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         fh.flush()
-        _remove_stale_tmp(root)
+        _remove_stale_tmp(fsio.local(root))
         yield
     finally:
         fh.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _object_lock(root: UPath) -> Iterator[None]:
+    """The lock of a run store on an object store: a ``.lock`` object naming its holder (host, pid, token).
+
+    It is created with an exclusive create where the filesystem has one (s3fs: a conditional PUT), so two
+    drivers cannot both take it. An object store cannot drop the lock when its holder dies: a lock left by a
+    dead process on this same host is taken over; one from another host must be removed by hand (the message
+    says which object), after checking that nothing runs there.
+    """
+    path = root / LOCK_FILE
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    token = f"{me['host']}:{me['pid']}:{time.time_ns()}"
+    body = json.dumps({**me, "token": token}).encode()
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with path.fs.open(path.path, "xb") as fh:
+                fh.write(body)
+            break
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", 0) or 0)):
+                path.fs.rm(path.path)  # its holder died on this machine: take it over
+                continue
+            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+            raise RunLockedError(
+                f"another datapipe process is working on {root} ({who}); wait for it to finish. If that process "
+                f"is gone, delete {path} by hand (an object store cannot release a dead process's lock)"
+            ) from None
+    else:
+        raise RunLockedError(f"could not take the lock {path}: it keeps reappearing; another process is starting")
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(path.read_bytes()).get("token") == token:
+                path.fs.rm(path.path)
+        except (OSError, ValueError):
+            pass
 
 
 def _remove_stale_tmp(root: Path) -> None:

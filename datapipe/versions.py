@@ -30,15 +30,15 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
+from upath import UPath
 
+from datapipe import fsio
 from datapipe.config import PipelineConfig
 from datapipe.records import PublishedSample, Reject, Sample, content_id
 from datapipe.store import STAGES, RunStore, StageRecorder, _atomic_write_bytes
@@ -68,7 +68,7 @@ class SourceDiff:
         }
 
 
-def versions_dir(store: RunStore) -> Path:
+def versions_dir(store: RunStore) -> UPath:
     return store.stage_dir("publish")
 
 
@@ -105,7 +105,7 @@ def current_sources(cfg: PipelineConfig, store: RunStore) -> dict[str, str]:
     out: dict[str, str] = {}
     if store.read_manifest("extract") is not None:
         for key in store.current_keys("extract"):
-            table = pq.read_table(store.shard_path("extract", key), columns=["source_path", "bytes_sha256"])
+            table = fsio.read_table(store.shard_path("extract", key), columns=["source_path", "bytes_sha256"])
             for row in table.to_pylist():
                 out[row["source_path"]] = row["bytes_sha256"]
             for r in store.read_shard_rejects("extract", key):
@@ -213,8 +213,10 @@ def removed_samples(
 def _point_latest(store: RunStore, name: str) -> None:
     root = versions_dir(store)
     _atomic_write_bytes(root / LATEST_FILE, (name + "\n").encode())
-    link = root / LATEST_LINK
-    tmp = root / f".{LATEST_LINK}.{os.getpid()}.tmp"
+    if not fsio.is_local(root):  # an object store has no symlinks: LATEST is the pointer
+        return
+    link = fsio.local(root / LATEST_LINK)
+    tmp = fsio.local(root / f".{LATEST_LINK}.{os.getpid()}.tmp")
     try:
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
@@ -252,7 +254,7 @@ def run_publish(cfg: PipelineConfig, formats: list[str], progress: Any = None) -
     name = f"v{(int(names[-1][1:]) if names else 0) + 1:04d}"
     target = versions_dir(store) / name
     if target.exists():  # left by a run killed while publishing: unfinished, never pointed at
-        shutil.rmtree(target)
+        fsio.remove_tree(target)
     export_manifest = store.read_manifest("export")
     exports: dict[str, Any] = {}
     try:

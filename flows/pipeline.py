@@ -32,9 +32,10 @@ from datapipe import pipeline as stages  # noqa: E402
 from datapipe import versions  # noqa: E402
 from datapipe.config import PipelineConfig  # noqa: E402
 from datapipe.errors import MissingDependencyError, is_transient  # noqa: E402
+from datapipe.fsio import is_url  # noqa: E402
 from datapipe.runs import load_target  # noqa: E402
 from datapipe.store import _atomic_write_bytes, run_lock  # noqa: E402
-from datapipe.teacher.budget import BudgetExceeded, run_budget  # noqa: E402
+from datapipe.teacher.budget import BudgetExceeded, ray_run_budget, run_budget  # noqa: E402
 
 LAST_RUN = "last_run.json"
 
@@ -107,7 +108,12 @@ def filter_task(target: str, distributed: bool = False) -> dict[str, Any]:
     return _budgeted(stages.run_filter, load_target(target), _progress, map_fn=ray_map if distributed else None)
 
 
-PART_RUNNERS = {"extract": stages.run_extract, "chunk": stages.run_chunk, "generate": stages.run_generate}
+PART_RUNNERS = {
+    "extract": stages.run_extract,
+    "chunk": stages.run_chunk,
+    "generate": stages.run_generate,
+    "preference": stages.run_preference,
+}
 
 
 @task(name="stage-part", **_task_opts)
@@ -115,7 +121,7 @@ def part_task(target: str, stage: str, i: int, n: int) -> dict[str, Any]:
     """One share of a stage's shards (a Ray task under the Ray runner); the stage's task then records them."""
     import socket
 
-    result = PART_RUNNERS[stage](load_target(target), part=(i, n))  # type: ignore[operator]
+    result = _budgeted(PART_RUNNERS[stage], load_target(target), part=(i, n))
     return {**result, "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
@@ -137,15 +143,23 @@ def run_parts(target: str, stage: str, n: int) -> dict[str, Any]:
     done: dict[str, float] = {}
     stats: list[dict[str, Any]] = []
     _progress.start(f"{stage} parts", n)
+    stopped = None
     for future in futures:
         result = future.result()
         _workers.setdefault(stage, set()).add(result["worker"])
         _progress.advance(f"{stage} parts")
+        if STOP in result:  # this part reached the run's budget; the others finish what they started
+            stopped = result[STOP]
+            continue
         done.update(result["computed"])
-        if "teacher" in result:
+        if stage == "generate":
             stats.append(result["teacher"])
+        elif stage == "preference":
+            stats.append({k: result[k] for k in ("teacher", "second_model") if k in result})
+    if stopped is not None:
+        return {STOP: stopped}
     out: dict[str, Any] = {"done_elsewhere": done}
-    if stage == "generate":
+    if stage in ("generate", "preference"):
         out["stats_elsewhere"] = stats
     return out
 
@@ -159,6 +173,13 @@ def ray_task_runner(cfg: PipelineConfig) -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = cfg.runner.address or os.environ.get("RAY_ADDRESS")
     return RayTaskRunner(address=address, init_kwargs={"include_dashboard": False})
+
+
+def _on_ray() -> bool:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx is not None and type(ctx.task_runner).__name__ == "RayTaskRunner"
 
 
 def flow_for(target: str) -> Any:
@@ -178,8 +199,13 @@ def _parts_for(cfg: PipelineConfig) -> int:
 
 
 @task(name="preference", **_task_opts)
-def preference_task(target: str) -> dict[str, Any]:
-    return _budgeted(stages.run_preference, load_target(target), _progress)
+def preference_task(
+    target: str, done_elsewhere: dict[str, float] | None = None, stats_elsewhere: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    cfg = load_target(target)
+    return _budgeted(
+        stages.run_preference, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats_elsewhere
+    )
 
 
 @task(name="export", **_task_opts)
@@ -204,13 +230,24 @@ def write_last_run(cfg: PipelineConfig, record: dict[str, Any]) -> None:
     _atomic_write_bytes(cfg.run_dir / LAST_RUN, json.dumps(record, indent=2, sort_keys=True).encode())
 
 
+def _budget_scope(cfg: PipelineConfig) -> Any:
+    """The run's budget: in this process, or (Ray runner) a Ray actor every worker's teacher draws on."""
+    key = stages.run_budget_key(cfg)
+    if cfg.runner.kind == "ray":
+        import ray
+
+        if ray.is_initialized():
+            return ray_run_budget(key, cfg.budget)
+    return run_budget(key, cfg.budget)
+
+
 @contextmanager
 def guarded_run(target: str, flow_name: str) -> Iterator[dict[str, Any]]:
     """The run folder's lock and budget around a flow, and its outcome in last_run.json (also when it stops)."""
     cfg = load_target(target)
     started = time.time()
     record: dict[str, Any] = {"flow": flow_name, "target": str(target), "started": started}
-    with run_lock(cfg.run_dir), run_budget(stages.run_budget_key(cfg), cfg.budget) as budget:
+    with run_lock(cfg.run_dir), _budget_scope(cfg) as budget:
         try:
             yield record
         except Exception as exc:
@@ -230,7 +267,16 @@ def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, An
 
     With preference pairs enabled, the DPO export is written next to the configured format.
     """
-    target = str(Path(target).resolve())  # tasks may run in other processes (Ray workers) with another cwd
+    if not is_url(target):  # tasks may run in other processes (Ray workers) with another cwd
+        target = str(Path(target).resolve())
+    if load_target(target).runner.kind == "ray" and not _on_ray():
+        # a deployment (`datapipe serve`, prefect.yaml) runs this flow as defined, on the local task runner:
+        # the run goes on as a subflow on the Ray runner, and its final state is this flow's
+        state: State = flow_for(target)(target, export_format, return_state=True)
+        if state.is_completed():
+            result: dict[str, Any] = state.result()  # type: ignore[assignment]
+            return result
+        return state
     with guarded_run(target, "datapipe-pipeline") as record:
         cfg = load_target(target)
         out: dict[str, Any] = {}
@@ -244,7 +290,8 @@ def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, An
             if n and name == "filter":
                 out[name] = filter_task(target, distributed=True)
             elif n:
-                out[name] = stage_task(target, **run_parts(target, name, n))
+                parts = run_parts(target, name, n)
+                out[name] = parts if STOP in parts else stage_task(target, **parts)
             else:
                 out[name] = stage_task(target)
             if STOP in out[name]:
@@ -253,7 +300,8 @@ def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, An
             out["workers"] = {stage: sorted(w) for stage, w in _workers.items()}
         formats = export_formats(cfg, export_format)
         if cfg.generate.preference.enabled:
-            out["preference"] = preference_task(target)
+            parts = run_parts(target, "preference", n) if n else {}
+            out["preference"] = parts if STOP in parts else preference_task(target, **parts)
             if STOP in out["preference"]:
                 return _stop(record, out["preference"][STOP])
             if "dpo" in formats[1:]:

@@ -104,6 +104,49 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
         stop(proc, 10)
 
 
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "datapipe-test",
+    "AWS_SECRET_ACCESS_KEY": "datapipe-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    bucket: str
+
+    def fs(self) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(endpoint_url=self.endpoint_url, skip_instance_cache=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 API on 127.0.0.1: moto's server (`moto_server`), with a bucket for run stores.
+
+    A stand-in: real S3 cannot run here. Everything on our side is real: s3fs speaks HTTP to it, so run
+    stores on ``s3://`` URLs go through the same client code as against AWS or MinIO. The credentials are
+    set in the environment (where s3fs reads them), as a user's would be; moto accepts any.
+    """
+    for k, v in S3_ENV.items():
+        os.environ.setdefault(k, v)
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    cmd = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(proc, f"{url}/moto-api/", log, "moto_server")
+        server = S3Server(endpoint_url=url, bucket="datapipe-test")
+        server.fs().mkdir(server.bucket)
+        yield server
+    finally:
+        stop(proc, 10)
+
+
 def wait_until_up(proc: subprocess.Popen[bytes], probe: str, log: Path, name: str, timeout: float = 120) -> None:
     """Poll ``probe`` until it answers 200; fail with the server's log when it exits or takes too long."""
     deadline = time.time() + timeout

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from upath import UPath
 
 from datapipe.export.files import write_bytes
 from datapipe.export.formats import SHAREGPT_ROLE
@@ -266,7 +267,7 @@ def card_text(result: ExportResult, data_paths: dict[str, str] | None = None) ->
 def axolotl_config(result: ExportResult) -> dict[str, Any]:
     """Axolotl's ``datasets:`` (and ``test_datasets:``) entries for exactly these files and columns."""
 
-    def entry(path: Path, test: bool) -> dict[str, Any]:
+    def entry(path: Path | UPath, test: bool) -> dict[str, Any]:
         e: dict[str, Any] = {"path": str(path), "ds_type": "parquet"}
         if test:
             e["split"] = "train"  # a single local file loads as split "train"
@@ -357,7 +358,7 @@ if __name__ == "__main__":
 '''
 
 
-def write_card_and_snippets(result: ExportResult) -> dict[str, Path]:
+def write_card_and_snippets(result: ExportResult) -> dict[str, Path | UPath]:
     """Write README.md and the three trainer snippets into the export folder; returns their paths."""
     out = result.out_dir
     header = f"# Axolotl: the datasets for this datapipe export (format {result.fmt}); merge into your config.\n"

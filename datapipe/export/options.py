@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from upath import UPath
 
 from datapipe.records import Record, Reject
 
@@ -52,9 +53,9 @@ class ExportResult:
     """The files one export wrote, its counts, token lengths and rejects."""
 
     options: ExportOptions
-    out_dir: Path
+    out_dir: Path | UPath
     schema: pa.Schema
-    files: dict[str, Path]
+    files: dict[str, Path | UPath]
     rows: dict[str, int]
     n_in: int
     rejects: list[Reject]
@@ -64,7 +65,7 @@ class ExportResult:
     tokenizer: dict[str, Any] | None
     record_facts: dict[str, Any]
     facts: RunFacts | None = None
-    extra_files: dict[str, Path] = field(default_factory=dict)
+    extra_files: dict[str, Path | UPath] = field(default_factory=dict)
 
     @property
     def fmt(self) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from upath import UPath
 
 from datapipe.export.card import write_card_and_snippets
 from datapipe.export.files import write_table
@@ -89,7 +90,7 @@ def _count_tokens(
 def export_records(
     records: Iterable[ExportRecord],
     options: ExportOptions,
-    out_dir: Path,
+    out_dir: Path | UPath,
     *,
     facts: RunFacts | None = None,
     known_lengths: dict[str, int | None] | None = None,
@@ -219,10 +220,10 @@ def _partition(ids: Sequence[str], keep: list[int], train_fraction: float) -> di
     return parts
 
 
-def _write_splits(out_dir: Path, tables: dict[str, Any]) -> dict[str, Path]:
+def _write_splits(out_dir: Path | UPath, tables: dict[str, Any]) -> dict[str, Path | UPath]:
     """``<split>.parquet`` per table; a split file left from an earlier export is removed (it would be read)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files: dict[str, Path | UPath] = {}
     for split in SPLITS:
         path = out_dir / f"{split}.parquet"
         if split in tables:
@@ -233,13 +234,17 @@ def _write_splits(out_dir: Path, tables: dict[str, Any]) -> dict[str, Path]:
     return files
 
 
-def export_samples(samples: Iterable[Sample], fmt: str, out_dir: Path, system_prompt: str | None = None) -> Path:
+def export_samples(
+    samples: Iterable[Sample], fmt: str, out_dir: Path | UPath, system_prompt: str | None = None
+) -> Path | UPath:
     """Samples as ``train.parquet`` in ``out_dir`` (no split, no length check); returns its path."""
     opts = ExportOptions(fmt=fmt, system_prompt=system_prompt, token_lengths=False)
     return export_records(samples, opts, out_dir).files["train"]
 
 
-def export_pairs(pairs: Iterable[PreferencePair], out_dir: Path, system_prompt: str | None = None) -> Path:
+def export_pairs(
+    pairs: Iterable[PreferencePair], out_dir: Path | UPath, system_prompt: str | None = None
+) -> Path | UPath:
     """Preference pairs in TRL's conversational preference format as ``train.parquet``; returns its path."""
     opts = ExportOptions(fmt="dpo", system_prompt=system_prompt, token_lengths=False)
     return export_records(pairs, opts, out_dir).files["train"]

@@ -123,6 +123,27 @@ def build_filters(
     ]
 
 
+def exact_duplicate(s: Sample, seen: dict[str, str]) -> Verdict:
+    """The exact-dedup verdict of ``s`` given the samples kept before it (``seen``: key -> first id)."""
+    key = hashlib.sha256(f"{normalise(s.instruction)}\x00{normalise(s.response)}".encode()).hexdigest()
+    if key in seen:
+        return f"duplicate_of:{seen[key]}", "same instruction and response after normalisation"
+    seen[key] = s.id
+    s.verdicts["dedup_exact"] = "pass"
+    return None
+
+
+def verdict_reject(s: Sample, verdict: tuple[str, str]) -> Reject:
+    return Reject(
+        stage="filter",
+        record_id=s.id,
+        reason=verdict[0],
+        detail=verdict[1],
+        source_path=s.provenance.source_path,
+        payload=s.model_dump_json(),
+    )
+
+
 def filter_samples(
     samples: Iterable[Sample], cfg: FilterConfig, count_tokens: Callable[[str], int] | None = None
 ) -> Iterator[Sample | Reject]:
@@ -137,20 +158,8 @@ def filter_samples(
                 break
             s.verdicts[name] = "pass"
         if verdict is None and cfg.dedup_exact:
-            key = hashlib.sha256(f"{normalise(s.instruction)}\x00{normalise(s.response)}".encode()).hexdigest()
-            if key in seen:
-                verdict = f"duplicate_of:{seen[key]}", "same instruction and response after normalisation"
-            else:
-                seen[key] = s.id
-                s.verdicts["dedup_exact"] = "pass"
+            verdict = exact_duplicate(s, seen)
         if verdict:
-            yield Reject(
-                stage="filter",
-                record_id=s.id,
-                reason=verdict[0],
-                detail=verdict[1],
-                source_path=s.provenance.source_path,
-                payload=s.model_dump_json(),
-            )
+            yield verdict_reject(s, verdict)
         else:
             yield s

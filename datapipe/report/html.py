@@ -17,7 +17,6 @@ import base64
 import html
 import io
 import json
-import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -30,7 +29,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pydantic import ValidationError
+from upath import UPath
 
+from datapipe import fsio
 from datapipe.records import Chunk, Document, PreferencePair, Sample
 from datapipe.store import STAGES, RunStore
 
@@ -123,7 +124,7 @@ class RejectStats:
 class RunData:
     """What the report needs from a run, gathered in one pass over its stages."""
 
-    root: Path
+    root: UPath
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     documents: list[tuple[str, str, str | None]] = field(default_factory=list)  # id, source_path, taxonomy
     chunk_tokens: list[int] = field(default_factory=list)
@@ -690,13 +691,10 @@ def build_report(store: RunStore) -> str:
     return "\n".join(parts)
 
 
-def write_report(store: RunStore, out: str | Path | None = None) -> Path:
+def write_report(store: RunStore, out: str | Path | None = None) -> UPath:
     """Write the report (default ``<run>/report.html``) and return its path."""
     if not store.root.is_dir():
         raise FileNotFoundError(f"run folder {store.root} does not exist: run `datapipe run` for it first")
-    path = Path(out) if out is not None else store.root / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(build_report(store), encoding="utf-8")
-    os.replace(tmp, path)
+    path = UPath(out) if out is not None else store.root / "report.html"
+    fsio.write_bytes(path, build_report(store).encode("utf-8"))
     return path

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from datapipe.config import GenerationParams, TeacherConfig
 from datapipe.errors import MissingDependencyError, TeacherError, TerminalError, TransientError
 from datapipe.records import content_id
-from datapipe.teacher.budget import Budget, Reservation, estimate_tokens
+from datapipe.teacher.budget import Budget, RayBudget, Reservation, estimate_tokens
 from datapipe.teacher.cache import ResponseCache
 from datapipe.teacher.limiter import AdaptiveLimiter
 
@@ -348,7 +348,9 @@ def _fault_kind(message: str) -> str:
 class Teacher:
     """Bounded-concurrency, retrying, caching front of one backend. Use inside ``async with teacher.session()``."""
 
-    def __init__(self, cfg: TeacherConfig, cache_path: str | Path | None = None, budget: Budget | None = None) -> None:
+    def __init__(
+        self, cfg: TeacherConfig, cache_path: str | Path | None = None, budget: Budget | RayBudget | None = None
+    ) -> None:
         self.cfg = cfg
         self.budget = budget
         self._inflight: set[asyncio.Future[TeacherResponse]] = set()

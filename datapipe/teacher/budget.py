@@ -110,7 +110,7 @@ class Budget:
         }
 
 
-_ACTIVE: dict[str, Budget] = {}
+_ACTIVE: dict[str, Budget | RayBudget] = {}
 _ACTIVE_LOCK = threading.Lock()
 
 
@@ -128,7 +128,118 @@ def run_budget(run_key: str, cfg: BudgetConfig) -> Iterator[Budget]:
                 del _ACTIVE[run_key]
 
 
-def budget_for(run_key: str, cfg: BudgetConfig) -> Budget:
-    """The run's active budget; outside a run (a stage command alone), a budget of its own."""
+def budget_for(run_key: str, cfg: BudgetConfig) -> Budget | RayBudget:
+    """The run's active budget: this process's, or (in a Ray worker) the run's budget actor; outside a run
+    (a stage command alone), a budget of its own."""
     with _ACTIVE_LOCK:
-        return _ACTIVE.get(run_key) or Budget(cfg)
+        active = _ACTIVE.get(run_key)
+    if active is not None:
+        return active
+    return _ray_budget(run_key) or Budget(cfg)
+
+
+# --- one budget for a run spread over a Ray cluster -------------------------------------------------------------
+#
+# Under the Ray runner the stages' parts call the teacher from worker processes on other machines, so a budget
+# held in the driver's memory would cap each process separately. Instead the driver starts one Ray actor that
+# holds the run's Budget; every teacher in every worker reserves and settles through it (a round trip of about
+# a millisecond per request, next to a teacher request's seconds). The actor lives as long as the driver's job.
+
+
+def _actor_name(run_key: str) -> str:
+    import hashlib
+
+    return "datapipe-budget-" + hashlib.sha256(run_key.encode()).hexdigest()[:16]
+
+
+class _BudgetHolder:
+    """The Ray actor's body: the run's one Budget."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.budget = Budget(BudgetConfig(**cfg))
+
+    def reserve(self, prompt_tokens: int, max_new_tokens: int) -> tuple[int, float, str | None]:
+        try:
+            res = self.budget.reserve(prompt_tokens, max_new_tokens)
+        except BudgetExceeded as exc:
+            return 0, 0.0, str(exc)
+        return res.tokens, res.cost, None
+
+    def settle(self, tokens: int, cost: float, input_tokens: int, output_tokens: int) -> None:
+        self.budget.settle(Reservation(tokens, cost), input_tokens, output_tokens)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.budget.as_dict()
+
+
+class RayBudget:
+    """The run's budget held by a Ray actor, with Budget's interface (``reserve``, ``settle``, ``as_dict``)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def reserve(self, prompt_tokens: int, max_new_tokens: int) -> Reservation:
+        import ray
+
+        tokens, cost, refused = ray.get(self._handle.reserve.remote(prompt_tokens, max_new_tokens))
+        if refused is not None:
+            raise BudgetExceeded(refused)
+        return Reservation(tokens, cost)
+
+    def settle(self, res: Reservation, input_tokens: int, output_tokens: int) -> None:
+        import ray
+
+        ray.get(self._handle.settle.remote(res.tokens, res.cost, input_tokens, output_tokens))
+
+    def as_dict(self) -> dict[str, Any]:
+        import ray
+
+        out: dict[str, Any] = ray.get(self._handle.as_dict.remote())
+        return out
+
+    @property
+    def stopped(self) -> str | None:
+        return self.as_dict()["stopped"]
+
+
+@contextmanager
+def ray_run_budget(run_key: str, cfg: BudgetConfig) -> Iterator[RayBudget]:
+    """In the driver of a Ray run: start the run's budget actor (replacing one left by an earlier run) and make
+    it the run's budget here and, through ``budget_for``, in every worker."""
+    import ray
+
+    name = _actor_name(run_key)
+    try:
+        ray.kill(ray.get_actor(name))
+    except ValueError:
+        pass
+    handle: Any = ray.remote(num_cpus=0)(_BudgetHolder).options(name=name).remote(cfg.model_dump())
+    budget = RayBudget(handle)
+    with _ACTIVE_LOCK:
+        _ACTIVE[run_key] = budget
+    try:
+        yield budget
+    finally:
+        with _ACTIVE_LOCK:
+            if _ACTIVE.get(run_key) is budget:
+                del _ACTIVE[run_key]
+        try:
+            ray.kill(handle)
+        except Exception:  # noqa: BLE001 - the cluster may already be gone; the actor dies with the job anyway
+            pass
+
+
+def _ray_budget(run_key: str) -> RayBudget | None:
+    """The run's budget actor, when this process is a Ray worker of a run that has one."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        return RayBudget(ray.get_actor(_actor_name(run_key)))
+    except ValueError:
+        return None

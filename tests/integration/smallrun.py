@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from datapipe.cli import app
+from datapipe.runs import load_target
 from tests.conftest import REPO, write_config
 
 EXAMPLE_DOCS = REPO / "examples" / "docs"
 DUPLICATED = "ideas-page.html"
 
 
-def make_small_run(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    """Run the whole flow through the CLI and return the run folder."""
+def make_small_run(
+    tmp_path_factory: pytest.TempPathFactory, name: str, store: str = "runs", **store_options: Any
+) -> Path:
+    """Run the whole flow through the CLI and return the run folder (a UPath when ``store`` is a URL)."""
     tmp = tmp_path_factory.mktemp(name)
     copies = tmp / "copies"
     copies.mkdir()
@@ -31,7 +35,8 @@ def make_small_run(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     cfg = write_config(
         tmp / "pipeline.yaml",
         run_id="small",
-        store="runs",
+        store=store,
+        **({"store_options": store_options} if store_options else {}),
         sources=[str(EXAMPLE_DOCS), str(copies)],
         teacher={"backend": "llamacpp", "cache_path": str(cache)},
         generate={
@@ -44,4 +49,4 @@ def make_small_run(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     )
     result = CliRunner().invoke(app, ["run", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return tmp / "runs" / "small"
+    return load_target(str(cfg)).run_dir

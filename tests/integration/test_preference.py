@@ -207,3 +207,38 @@ def test_second_model_candidates_are_recorded(llama_server: LlamaServer, tmp_pat
     assert cands[2].backend == "openai" and cands[2].model == "smollm2"
     assert cands[1].backend == "llamacpp" and json.loads(cands[1].params)["temperature"] == 0.2
     assert all(c.judge_raw for c in cands)
+
+
+def test_preference_in_parts_gives_the_same_pairs(pref_run: RunStore, tmp_path: Path) -> None:
+    """The Ray runner's way: each part makes its share of the batches, then the full pass records them all.
+    Run on a copy of the run (its teacher cache included, so the same requests get the same answers)."""
+    import shutil
+
+    import yaml
+
+    from datapipe.pipeline import run_preference
+    from datapipe.runs import load_target
+
+    tmp = Path(pref_run.root).parents[1]
+    shutil.copytree(tmp / "runs", tmp_path / "runs", symlinks=True)
+    for stale in (tmp_path / "runs" / "pref" / "preferences", tmp_path / "runs" / "pref" / "rejects" / "preference"):
+        shutil.rmtree(stale)
+    data = yaml.safe_load((tmp / "p.yaml").read_text())
+    data["store"] = str(tmp_path / "runs")
+    cfg = load_target(str(write_config(tmp_path / "p.yaml", **data)))
+    parts = [run_preference(cfg, part=(i, 2)) for i in range(2)]
+    done = {k: v for p in parts for k, v in p["computed"].items()}
+    assert done, "no part made a batch"
+    manifest = run_preference(cfg, done_elsewhere=done, stats_elsewhere=parts)
+    copy = RunStore(cfg.run_dir)
+    assert sorted(p.model_dump_json() for p in copy.iter_records("preference", PreferencePair)) == sorted(
+        p.model_dump_json() for p in pref_run.iter_records("preference", PreferencePair)
+    )
+    assert sorted((r.record_id, r.reason) for r in copy.iter_rejects("preference")) == sorted(
+        (r.record_id, r.reason) for r in pref_run.iter_rejects("preference")
+    )
+    original = pref_run.read_manifest("preference")
+    assert original is not None
+    assert manifest["counts"] == {**original["counts"], "shards_reused": 0}
+    assert manifest["teacher"]["requests"] == original["teacher"]["requests"] > 0  # the parts' requests, added up
+    assert manifest["teacher"]["cache_hits"] == manifest["teacher"]["requests"]

@@ -4,10 +4,14 @@ The cluster: `ray start --head` on 127.0.0.1 plus a second `ray start` joining i
 the stages' parts run as Ray tasks in two worker processes. The teacher is the real llama.cpp server
 (one request at a time, temperature 0.3 with a fixed seed, so the same prompt gives the same text);
 the two runs use separate run stores and separate teacher caches, so the Ray run really calls it.
+The Ray run's store is an ``s3://`` URL (the ``s3_server`` fixture: moto's S3 API on 127.0.0.1, a stand-in
+for S3), so every shard a worker writes and the driver reads goes through the object store, not a shared
+folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,13 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
+from datapipe.fsio import read_table
 from datapipe.records import Chunk, Document, Sample
 from datapipe.runs import load_target
 from datapipe.store import RunStore
-from tests.conftest import FAST_GENERATE, LlamaServer, free_port, write_config
+from tests.conftest import FAST_GENERATE, S3_ENV, LlamaServer, S3Server, free_port, write_config
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -31,7 +35,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, **S3_ENV, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    env["TOKENIZERS_PARALLELISM"] = "false"
     tmp = tmp_path_factory.mktemp("ray")
     head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1"]
     head += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp}"]
@@ -46,7 +51,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def _config(tmp: Path, corpus_docs: Path, llama_server: LlamaServer, **runner: Any) -> Path:
+def _config(tmp: Path, corpus_docs: Path, llama_server: LlamaServer, s3: S3Server | None = None, **runner: Any) -> Path:
     docs = tmp / "docs"
     docs.mkdir(parents=True, exist_ok=True)
     for name in ["handbook-1p.docx", "fake-power-point.pptx", "ideas-page.html", "norwich-city.txt"]:
@@ -54,9 +59,17 @@ def _config(tmp: Path, corpus_docs: Path, llama_server: LlamaServer, **runner: A
     return write_config(
         tmp / "pipeline.yaml",
         run_id="scale",
-        store="runs",
+        store=f"s3://{s3.bucket}/ray-runs" if s3 else "runs",
+        **({"store_options": {"endpoint_url": s3.endpoint_url}} if s3 else {}),
         sources=["docs"],
-        teacher={"backend": "openai", "model": "smollm2", "base_url": llama_server.base_url, "max_concurrency": 1},
+        teacher={
+            "backend": "openai",
+            "model": "smollm2",
+            "base_url": llama_server.base_url,
+            "max_concurrency": 1,
+            # with a store URL the cache defaults to one per machine under ~/.cache, which outlives the test
+            **({"cache_path": str(tmp / "teacher-cache.sqlite")} if s3 else {}),
+        },
         generate={**FAST_GENERATE, "max_chunks": 5},
         filter={"grounding": {"enabled": False}, "languages": [], "near_dedup": {"partitions": 2, "slice_size": 2}},
         runner=runner,
@@ -77,19 +90,20 @@ def _snapshot(config: Path) -> dict[str, Any]:
 
 
 def test_ray_runner_gives_the_local_sample_set(
-    tmp_path: Path, corpus_docs: Path, llama_server: LlamaServer, ray_cluster: str
+    tmp_path: Path, corpus_docs: Path, llama_server: LlamaServer, ray_cluster: str, s3_server: S3Server
 ) -> None:
     from datapipe.pipeline import NullProgress
     from datapipe.report import RichProgress
-    from flows.pipeline import flow_for, set_progress
+    from flows.pipeline import flow_for, pipeline_flow, set_progress
 
     local = _config(tmp_path / "local", corpus_docs, llama_server)
     flow_for(str(local))(str(local))
-    on_ray = _config(tmp_path / "ray", corpus_docs, llama_server, kind="ray", address=ray_cluster)
+    on_ray = _config(tmp_path / "ray", corpus_docs, llama_server, s3_server, kind="ray", address=ray_cluster)
     before = llama_server.chat_requests()
     set_progress(RichProgress())  # as `datapipe run` does: the display must not travel to the workers
     try:
-        out = flow_for(str(on_ray))(str(on_ray))
+        # the flow as a deployment runs it (`datapipe serve`, prefect.yaml): it moves itself onto the Ray runner
+        out = pipeline_flow(str(on_ray))
     finally:
         set_progress(NullProgress())
     assert llama_server.chat_requests() > before, "the Ray run made no teacher requests"
@@ -100,5 +114,49 @@ def test_ray_runner_gives_the_local_sample_set(
     assert a == b
     manifest = RunStore(load_target(str(on_ray)).run_dir).read_manifest("generate")
     assert manifest is not None and manifest["teacher"]["requests"] > 0  # parts' teacher stats were added up
-    rows = pq.read_table(load_target(str(on_ray)).run_dir / "exports" / "chatml" / "train.parquet").num_rows
+    run_dir = load_target(str(on_ray)).run_dir
+    assert str(run_dir).startswith("s3://")
+    rows = read_table(run_dir / "exports" / "chatml" / "train.parquet").num_rows
     assert rows == len(b["kept"])
+    # the workers' teacher calls were counted by the run's one budget (the Ray actor the driver held)
+    last = json.loads((run_dir / "last_run.json").read_text())
+    assert last["status"] == "completed" and last["teacher"]["calls"] > 0, last
+
+
+def _spend(run_key: str, tokens: int) -> tuple[str, int]:
+    """In a Ray worker: draw on the run's budget as a teacher does (reserve, then settle what was used)."""
+    import os
+
+    from datapipe.config import BudgetConfig
+    from datapipe.teacher.budget import BudgetExceeded, budget_for
+
+    budget = budget_for(run_key, BudgetConfig(max_tokens=10**9))  # a local budget would allow anything
+    try:
+        res = budget.reserve(tokens // 2, tokens - tokens // 2)
+    except BudgetExceeded:
+        return "refused", os.getpid()
+    budget.settle(res, tokens // 2, tokens - tokens // 2)
+    return "spent", os.getpid()
+
+
+def test_one_budget_for_the_whole_cluster(ray_cluster: str) -> None:
+    """Workers in other processes draw on the driver's run budget (a Ray actor), not one budget each."""
+    import ray
+
+    from datapipe.config import BudgetConfig
+    from datapipe.teacher.budget import ray_run_budget
+
+    ray.init(address=ray_cluster, include_dashboard=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    try:
+        with ray_run_budget("/runs/budget-test", BudgetConfig(max_tokens=1000)) as budget:
+            spend = ray.remote(num_cpus=1)(_spend).options(scheduling_strategy="SPREAD")
+            first = ray.get([spend.remote("/runs/budget-test", 400) for _ in range(2)])
+            assert [r for r, _ in first] == ["spent", "spent"]
+            assert len({pid for _, pid in first}) == 2, first  # two worker processes drew on it
+            third = ray.get(spend.remote("/runs/budget-test", 400))
+            assert third[0] == "refused"  # 800 spent + 400 > 1000
+            state = budget.as_dict()
+            assert state["tokens"] == 800 and state["calls"] == 2 and "budget reached" in (state["stopped"] or "")
+    finally:
+        ray.shutdown()

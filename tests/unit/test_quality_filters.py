@@ -202,3 +202,50 @@ def test_apply_filters_accounts_for_every_sample(shared: Path, tmp_path: Path) -
     assert reasons == {"s1": "duplicate_of:s0", "s3": "contaminated:gsm8k", "s4": "ungrounded", "s5": "duplicate_of:s0"}
     assert [s.id for s in kept] == ["s0", "s2"]
     assert sum(dropped.values()) == len(rejects)
+
+
+def test_the_distributed_filter_gives_the_single_process_verdicts(shared: Path, tmp_path: Path) -> None:
+    """The Ray runner's filter: per-sample steps in slices of 2 (each slice crossing a pickle boundary, as a
+    Ray task's arguments and results do), exact dedup across slices in the driver: the same kept samples,
+    rejects (in order, with details) and drop counts as in one process."""
+    import pickle
+
+    gsm = _gsm8k(shared)
+    cfg = PipelineConfig(
+        sources=["x"],
+        base_dir=tmp_path,
+        filter=FilterConfig(
+            min_response_tokens=3,
+            near_dedup=NearDedupConfig(partitions=2, slice_size=2),
+            decontamination=DecontaminationConfig(
+                benchmarks=[BenchmarkConfig(name="gsm8k", path=str(shared / "benchmarks" / "gsm8k" / "test.jsonl"))]
+            ),
+        ),
+    )
+
+    def samples() -> list[Sample]:
+        return [
+            sample(0, "When was Norwich City founded?", "Norwich City was founded in 1902, in Norwich."),
+            sample(1, "What is the club called?", "Yes."),
+            sample(2, "Where does Norwich City play its home games?", "Norwich City plays at Carrow Road since 1935."),
+            sample(3, gsm[0]["question"], "They make 18 dollars every day at the market."),
+            sample(4, "Who owns the club?", "A Japanese car maker bought it in 1990 for ten billion yen."),
+            sample(5, "When was Norwich City founded?", "Norwich City was founded in 1902, in Norwich."),
+            sample(6, "What is the nickname of Norwich City?", "Norwich City is nicknamed the Canaries."),
+            sample(7, "where does norwich city play its home games?", "Norwich City plays at Carrow Road since 1935."),
+            sample(8, "In what colours does Norwich City play?", "The club plays in yellow and green."),
+        ]
+
+    calls: list[int] = []
+
+    def as_tasks(fn: object, items: list[object]) -> list[object]:
+        calls.append(len(items))
+        return [pickle.loads(pickle.dumps(fn(pickle.loads(pickle.dumps(x))))) for x in items]  # type: ignore[operator]
+
+    one = apply_filters(cfg, samples(), NullProgress())
+    many = apply_filters(cfg, samples(), NullProgress(), map_fn=as_tasks)
+    assert calls[:2] == [5, 3]  # heuristics over 9 samples in 5 slices, then decontamination/grounding over 6 kept
+    assert [s.model_dump_json() for s in many[0]] == [s.model_dump_json() for s in one[0]]
+    assert [(r.record_id, r.reason, r.detail) for r in many[1]] == [(r.record_id, r.reason, r.detail) for r in one[1]]
+    assert many[2] == one[2]
+    assert {"heuristics", "decontamination", "grounding"} <= set(one[2]) and one[0]  # every path taken, some kept
