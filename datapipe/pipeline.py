@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from upath import UPath
+
 from datapipe.config import PipelineConfig
-from datapipe.fsio import as_path
+from datapipe.fsio import as_path, is_local
+from datapipe.fsio import local as local_path
 from datapipe.records import Chunk, Document, Reject, Sample, content_id
 from datapipe.store import RunStore, StageRecorder
 
@@ -70,11 +73,18 @@ def store_for(cfg: PipelineConfig) -> RunStore:
     return RunStore(cfg.run_dir)
 
 
-def _file_digest(path: Path, limit_bytes: float | None = None) -> str:
+def _file_digest(path: Path | UPath, limit_bytes: float | None = None) -> str:
     """SHA-256 of a file; not read (a stand-in from size and mtime) when it is not a regular file or is over
-    ``limit_bytes``: extract rejects those unread, and a FIFO would block the read for ever."""
+    ``limit_bytes``: extract rejects those unread, and a FIFO would block the read for ever. An object under a
+    URL is not read either: its key comes from its metadata (fsspec's ``ukey``: ETag, size, modification)."""
     from datapipe.extract import sha256_file
 
+    if isinstance(path, UPath) and not is_local(path):
+        try:
+            return f"remote:{path.fs.ukey(path.path)}"
+        except OSError as exc:
+            return f"unreadable:{type(exc).__name__}"
+    path = local_path(path)
     try:
         st = path.stat()
         if not path.is_file() or (limit_bytes is not None and st.st_size > limit_bytes):
@@ -101,7 +111,9 @@ def run_extract(
     cfg_hash = cfg.section_hash("extract")
     rec = StageRecorder(store, "extract", cfg_hash)
     sources, source_rejects = (
-        resolve_sources(cfg.sources, cfg.base_dir, cfg.extract.extensions) if cfg.sources else ([], [])
+        resolve_sources(cfg.sources, cfg.base_dir, cfg.extract.extensions, cfg.store_options)
+        if cfg.sources
+        else ([], [])
     )
     if "qa" in cfg.generate.kinds:
         sources += taxonomy_sources(cfg)
@@ -126,7 +138,8 @@ def run_extract(
             docs = store.read_shard("extract", key, Document)
             n_rej = len(store.read_shard_rejects("extract", key))
         else:
-            out = extract_file(src, cfg.extract, None if digest.startswith(("unreadable:", "unread:")) else digest)
+            known = None if digest.startswith(("unreadable:", "unread:", "remote:")) else digest
+            out = extract_file(src, cfg.extract, known)
             docs = [out] if isinstance(out, Document) else []
             rejects = [out] if isinstance(out, Reject) else []
             store.write_shard("extract", key, Document.to_table(docs), rejects)

