@@ -180,6 +180,16 @@ def _remote_matches(src: str, options: dict[str, Any] | None) -> list[UPath]:
     return [upath(n) for n in sorted(names)]
 
 
+def _unsupported(name: str, suffix: str) -> Reject:
+    return Reject(
+        stage="extract",
+        record_id=name,
+        reason="unsupported_format",
+        source_path=name,
+        detail=f"extension {suffix or '(none)'} is not one of extract.extensions",
+    )
+
+
 def resolve_sources(
     sources: list[str], base_dir: Path, extensions: list[str], options: dict[str, Any] | None = None
 ) -> tuple[list[SourceFile], list[Reject]]:
@@ -203,15 +213,7 @@ def resolve_sources(
                 if obj.suffix.lower() in exts:
                     remote[str(obj)] = obj
                 else:
-                    rejects.append(
-                        Reject(
-                            stage="extract",
-                            record_id=str(obj),
-                            reason="unsupported_format",
-                            source_path=str(obj),
-                            detail=f"extension {obj.suffix or '(none)'} is not one of extract.extensions",
-                        )
-                    )
+                    rejects.append(_unsupported(str(obj), obj.suffix))
             continue
         pattern = os.path.expandvars(os.path.expanduser(src))
         p = Path(pattern)
@@ -243,15 +245,7 @@ def resolve_sources(
                     )
                 continue
             if m.suffix.lower() not in exts:
-                rejects.append(
-                    Reject(
-                        stage="extract",
-                        record_id=display_path(m),
-                        reason="unsupported_format",
-                        source_path=display_path(m),
-                        detail=f"extension {m.suffix or '(none)'} is not one of extract.extensions",
-                    )
-                )
+                rejects.append(_unsupported(display_path(m), m.suffix))
                 continue
             found[m] = None
     local = [SourceFile(f) for f in sorted(found)]

@@ -115,17 +115,24 @@ _ACTIVE_LOCK = threading.Lock()
 
 
 @contextmanager
-def run_budget(run_key: str, cfg: BudgetConfig) -> Iterator[Budget]:
-    """Make one budget the one every teacher of this run (``run_key``: the run folder) draws on."""
-    budget = Budget(cfg)
+def _active(run_key: str, budget: Budget | RayBudget) -> Iterator[None]:
+    """Make ``budget`` the one every teacher of this run (``run_key``: the run folder) draws on, for a while."""
     with _ACTIVE_LOCK:
         _ACTIVE[run_key] = budget
     try:
-        yield budget
+        yield
     finally:
         with _ACTIVE_LOCK:
             if _ACTIVE.get(run_key) is budget:
                 del _ACTIVE[run_key]
+
+
+@contextmanager
+def run_budget(run_key: str, cfg: BudgetConfig) -> Iterator[Budget]:
+    """Make one budget the one every teacher of this run (``run_key``: the run folder) draws on."""
+    budget = Budget(cfg)
+    with _active(run_key, budget):
+        yield budget
 
 
 def budget_for(run_key: str, cfg: BudgetConfig) -> Budget | RayBudget:
@@ -215,14 +222,10 @@ def ray_run_budget(run_key: str, cfg: BudgetConfig) -> Iterator[RayBudget]:
         pass
     handle: Any = ray.remote(num_cpus=0)(_BudgetHolder).options(name=name).remote(cfg.model_dump())
     budget = RayBudget(handle)
-    with _ACTIVE_LOCK:
-        _ACTIVE[run_key] = budget
     try:
-        yield budget
+        with _active(run_key, budget):
+            yield budget
     finally:
-        with _ACTIVE_LOCK:
-            if _ACTIVE.get(run_key) is budget:
-                del _ACTIVE[run_key]
         try:
             ray.kill(handle)
         except Exception:  # noqa: BLE001 - the cluster may already be gone; the actor dies with the job anyway
