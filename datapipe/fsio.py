@@ -4,7 +4,7 @@ Paths are ``upath.UPath`` objects: for a local folder that is a real ``pathlib.P
 atomic renames and file locks included, stays as it was), for a URL a path on the matching fsspec filesystem,
 carrying the store's options (``store_options`` in the config, e.g. an ``endpoint_url``) wherever it goes,
 Ray workers included. Writes are whole-file: locally through a temporary file renamed into place, on an object
-store as one PUT, which readers also see entire or not at all.
+store as one upload (a PUT; s3fs uses a multipart upload above 100 MB), which readers see entire or not at all.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def write_bytes(path: UPath, data: bytes, fsync: bool = False) -> None:
     """Write a whole file so that readers see the old content or the new, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not is_local(path):
-        path.write_bytes(data)  # one PUT: an object appears whole
+        path.write_bytes(data)  # one upload: an object appears whole
         return
     tmp = _tmp(path)
     with open(tmp, "wb") as fh:

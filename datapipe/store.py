@@ -8,7 +8,7 @@ left over from earlier inputs are never read by mistake.
 
 The run folder is a local path (the default) or an fsspec URL (``s3://bucket/runs/demo``): every read and
 write goes through ``datapipe.fsio``, so a shard written by a Ray worker on another machine is the same
-object the driver reads. On an object store a shard is one PUT, complete or absent, as a renamed file is.
+object the driver reads. On an object store a shard is one upload, complete or absent, as a renamed file is.
 """
 
 from __future__ import annotations
