@@ -296,14 +296,15 @@ def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, An
                 out[name] = stage_task(target)
             if STOP in out[name]:
                 return _stop(record, out[name][STOP])
-        if n:
-            out["workers"] = {stage: sorted(w) for stage, w in _workers.items()}
         formats = export_formats(cfg, export_format)
         if cfg.generate.preference.enabled:
             parts = run_parts(target, "preference", n) if n else {}
             out["preference"] = parts if STOP in parts else preference_task(target, **parts)
             if STOP in out["preference"]:
                 return _stop(record, out["preference"][STOP])
+        if n:
+            out["workers"] = {stage: sorted(w) for stage, w in _workers.items()}
+        if cfg.generate.preference.enabled:
             if "dpo" in formats[1:]:
                 out["export_dpo"] = export_task(target, "dpo")
         out["export"] = export_task(target, export_format)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from datapipe.fsio import read_table
-from datapipe.records import Chunk, Document, Sample
+from datapipe.records import Chunk, Document, PreferencePair, Sample
 from datapipe.runs import load_target
 from datapipe.store import RunStore
 from tests.conftest import FAST_GENERATE, S3_ENV, LlamaServer, S3Server, free_port, write_config
@@ -70,7 +70,17 @@ def _config(tmp: Path, corpus_docs: Path, llama_server: LlamaServer, s3: S3Serve
             # with a store URL the cache defaults to one per machine under ~/.cache, which outlives the test
             **({"cache_path": str(tmp / "teacher-cache.sqlite")} if s3 else {}),
         },
-        generate={**FAST_GENERATE, "max_chunks": 5},
+        generate={
+            **FAST_GENERATE,
+            "max_chunks": 5,
+            # DPO pairs too (their parts run on the workers): the sample's own answer against one seeded candidate
+            "preference": {
+                "enabled": True,
+                "max_prompts": 3,
+                "candidates": [{"max_new_tokens": 32, "temperature": 0.2, "seed": 1}],
+                "min_margin": 0.5,
+            },
+        },
         filter={"grounding": {"enabled": False}, "languages": [], "near_dedup": {"partitions": 2, "slice_size": 2}},
         runner=runner,
     )
@@ -84,7 +94,13 @@ def _snapshot(config: Path) -> dict[str, Any]:
         "samples": sorted((s.id, s.instruction, s.response) for s in store.iter_records("generate", Sample)),
         "kept": sorted(s.id for s in store.iter_records("filter", Sample)),
         "rejects": sorted(
-            (r.stage, r.record_id, r.reason) for st in ("extract", "generate", "filter") for r in store.iter_rejects(st)
+            (r.stage, r.record_id, r.reason)
+            for st in ("extract", "generate", "filter", "preference")
+            for r in store.iter_rejects(st)
+        ),
+        "pairs": sorted(
+            (p.sample_id, p.chosen[-1].content, p.rejected[-1].content, p.chosen_score, p.rejected_score)
+            for p in store.iter_records("preference", PreferencePair)
         ),
     }
 
@@ -111,6 +127,7 @@ def test_ray_runner_gives_the_local_sample_set(
     assert all(len(workers) == 2 for workers in out["workers"].values()), out["workers"]
     a, b = _snapshot(local), _snapshot(on_ray)
     assert a["samples"], "the local run generated nothing: the comparison would be empty"
+    assert a["pairs"] or any(r[0] == "preference" for r in a["rejects"]), "preference made nothing to compare"
     assert a == b
     manifest = RunStore(load_target(str(on_ray)).run_dir).read_manifest("generate")
     assert manifest is not None and manifest["teacher"]["requests"] > 0  # parts' teacher stats were added up
@@ -118,6 +135,9 @@ def test_ray_runner_gives_the_local_sample_set(
     assert str(run_dir).startswith("s3://")
     rows = read_table(run_dir / "exports" / "chatml" / "train.parquet").num_rows
     assert rows == len(b["kept"])
+    assert "preference" in out["workers"]  # preference ran in parts on the cluster
+    dpo = read_table(run_dir / "exports" / "dpo" / "train.parquet").num_rows if b["pairs"] else 0
+    assert dpo == len(b["pairs"])
     # the workers' teacher calls were counted by the run's one budget (the Ray actor the driver held)
     last = json.loads((run_dir / "last_run.json").read_text())
     assert last["status"] == "completed" and last["teacher"]["calls"] > 0, last
