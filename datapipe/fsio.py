@@ -31,8 +31,13 @@ def is_local(path: Path | UPath) -> bool:
     return isinstance(path, Path) and getattr(path, "protocol", "") in ("", "file", "local")
 
 
-def as_path(location: str | os.PathLike[str], options: dict[str, Any] | None = None) -> UPath:
-    """The path for ``location``: a URL with its filesystem options, or a local path (``~`` expanded)."""
+def as_path(location: str | Path | UPath, options: dict[str, Any] | None = None) -> UPath:
+    """The path for ``location``: a path object as it is, a URL with its filesystem options, or a local path
+    (``~`` and variables expanded)."""
+    if isinstance(location, UPath):
+        return location
+    if isinstance(location, Path):
+        return UPath(location)
     if is_url(str(location)):
         protocol = str(location).split("://", 1)[0]
         try:
@@ -61,8 +66,9 @@ def _tmp(path: Path | UPath) -> Path:
     return local(path).with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_bytes(path: UPath, data: bytes, fsync: bool = False) -> None:
+def write_bytes(path: Path | UPath, data: bytes, fsync: bool = False) -> None:
     """Write a whole file so that readers see the old content or the new, never a part."""
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not is_local(path):
         path.write_bytes(data)  # one upload: an object appears whole
@@ -76,8 +82,9 @@ def write_bytes(path: UPath, data: bytes, fsync: bool = False) -> None:
     os.replace(tmp, local(path))
 
 
-def write_table(path: UPath, table: pa.Table, fsync: bool = False) -> None:
+def write_table(path: Path | UPath, table: pa.Table, fsync: bool = False) -> None:
     """A parquet file, written whole (see ``write_bytes``)."""
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not is_local(path):
         sink = pa.BufferOutputStream()

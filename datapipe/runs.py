@@ -42,7 +42,7 @@ def load_target(target: str | Path | UPath) -> PipelineConfig:
     """A pipeline YAML file, or a run folder containing config.json (a local folder or a store URL).
 
     A run on a URL that needs ``store_options`` (an S3 endpoint) is reached through its pipeline.yaml."""
-    p = as_path(target) if isinstance(target, str) else UPath(target)
+    p = as_path(target)
     if is_url(str(target)) or p.is_dir():
         cfg_file = p / RUN_CONFIG
         if not cfg_file.is_file():

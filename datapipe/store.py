@@ -47,18 +47,18 @@ R = TypeVar("R", bound=Record)
 
 
 def _atomic_write_bytes(path: Path | UPath, data: bytes) -> None:
-    fsio.write_bytes(path if isinstance(path, UPath) else UPath(path), data, fsync=True)
+    fsio.write_bytes(path, data, fsync=True)
 
 
 def _atomic_write_table(path: Path | UPath, table: pa.Table) -> None:
-    fsio.write_table(path if isinstance(path, UPath) else UPath(path), table, fsync=True)
+    fsio.write_table(path, table, fsync=True)
 
 
 class RunStore:
     """One run's folder. Stages read and write through it, never through raw paths."""
 
     def __init__(self, run_dir: str | Path | UPath) -> None:
-        self.root: UPath = run_dir if isinstance(run_dir, UPath) else fsio.as_path(run_dir)
+        self.root: UPath = fsio.as_path(run_dir)
 
     def stage_dir(self, stage: str) -> UPath:
         return self.root / STAGE_DIRS[stage]
@@ -141,7 +141,7 @@ def run_lock(run_dir: str | Path | UPath) -> Iterator[None]:
     SIGKILL included), then clear temporary files that killed writers left behind.
 
     A run store on a URL is locked by a ``.lock`` object created only if absent (see ``_object_lock``)."""
-    root = run_dir if isinstance(run_dir, UPath) else fsio.as_path(run_dir)
+    root = fsio.as_path(run_dir)
     if not fsio.is_local(root):
         with _object_lock(root):
             yield

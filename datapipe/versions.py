@@ -26,14 +26,12 @@ written again, and a run whose export equals the latest version publishes nothin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from upath import UPath
@@ -91,14 +89,6 @@ def latest_version(store: RunStore) -> dict[str, Any] | None:
     return read_version(store, names[-1]) if names else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def current_sources(cfg: PipelineConfig, store: RunStore) -> dict[str, str]:
     """Every source this run's extract stage saw, path -> sha256 of its bytes (``rejected:<reason>`` for
     files extract rejected), plus the taxonomy leaves' qna.yaml files when QA data is generated."""
@@ -112,10 +102,11 @@ def current_sources(cfg: PipelineConfig, store: RunStore) -> dict[str, str]:
                 if r.source_path and r.source_path not in out:
                     out[r.source_path] = f"rejected:{r.reason}"
     if "qa" in cfg.generate.kinds:
+        from datapipe.extract import sha256_file
         from datapipe.pipeline import load_leaves
 
         for leaf in load_leaves(cfg):
-            out[str(leaf.path)] = _sha256(leaf.path)
+            out[str(leaf.path)] = sha256_file(leaf.path)
     return out
 
 

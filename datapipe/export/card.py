@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 from upath import UPath
 
-from datapipe.export.files import write_bytes
 from datapipe.export.formats import SHAREGPT_ROLE
 from datapipe.export.options import ExportResult, RunFacts
+from datapipe.fsio import write_bytes
 from datapipe.store import RunStore
 
 _CARD_STAGES = ("extract", "chunk", "generate", "filter", "preference")

@@ -13,11 +13,11 @@ import pyarrow as pa
 from upath import UPath
 
 from datapipe.export.card import write_card_and_snippets
-from datapipe.export.files import write_table
 from datapipe.export.formats import build_table, check_format, conversation, pair_row, sample_row
 from datapipe.export.options import ExportOptions, ExportResult, RunFacts
 from datapipe.export.split import SPLITS, train_mask
 from datapipe.export.tokenizer import ChatTokenizer, load_tokenizer
+from datapipe.fsio import write_table
 from datapipe.records import PreferencePair, Reject, Sample
 
 TOO_LONG = "too_long_for_max_seq_len"

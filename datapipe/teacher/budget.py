@@ -204,10 +204,6 @@ class RayBudget:
         out: dict[str, Any] = ray.get(self._handle.as_dict.remote())
         return out
 
-    @property
-    def stopped(self) -> str | None:
-        return self.as_dict()["stopped"]
-
 
 @contextmanager
 def ray_run_budget(run_key: str, cfg: BudgetConfig) -> Iterator[RayBudget]:
