@@ -452,12 +452,20 @@ def _benchmark_digests(cfg: PipelineConfig) -> list[str]:
     return out
 
 
-def _token_counter(cfg: PipelineConfig) -> Any:
+def _filter_needs_model(cfg: PipelineConfig) -> bool:
+    """Whether the filter loads the embedding model; when it does, the token bounds are checked with its
+    tokenizer too (in one process or in slices alike)."""
+    fcfg = cfg.filter
+    return fcfg.semantic_dedup.enabled or fcfg.grounding.enabled or fcfg.min_response_tokens > 0
+
+
+def _token_counter(cfg: PipelineConfig, model: Any = None) -> Any:
+    """The response token counter of the heuristics (``model``: the embedder when already loaded), or None."""
     from datapipe.chunk import count_tokens, load_embedder
 
-    if cfg.filter.min_response_tokens <= 0:
+    if not _filter_needs_model(cfg):
         return None
-    model = load_embedder(cfg.chunk.model)
+    model = model or load_embedder(cfg.chunk.model)
     return lambda text: count_tokens(model.tokenizer, [text])[0]
 
 
@@ -542,8 +550,7 @@ def apply_filters(
         kept = _distributed_per_sample_steps(cfg, samples, map_fn, drop)
         model = load_embedder(cfg.chunk.model) if (kept and fcfg.semantic_dedup.enabled) else None
     else:
-        needs_model = fcfg.semantic_dedup.enabled or fcfg.grounding.enabled or fcfg.min_response_tokens > 0
-        model = load_embedder(cfg.chunk.model) if (samples and needs_model) else None
+        model = load_embedder(cfg.chunk.model) if (samples and _filter_needs_model(cfg)) else None
         kept = _single_process_per_sample_steps(cfg, samples, model, drop)
     if fcfg.near_dedup.enabled and kept:
         if fcfg.near_dedup.partitions > 1:
@@ -573,12 +580,11 @@ def apply_filters(
 
 def _single_process_per_sample_steps(cfg: PipelineConfig, samples: list[Sample], model: Any, drop: Any) -> list[Sample]:
     """Heuristics with exact dedup, decontamination and grounding, in this process."""
-    from datapipe.chunk import count_tokens
     from datapipe.filter import filter_samples, grounding
     from datapipe.filter.decontam import Decontaminator
 
     fcfg = cfg.filter
-    counter = (lambda text: count_tokens(model.tokenizer, [text])[0]) if model is not None else None
+    counter = _token_counter(cfg, model) if model is not None else None
     kept: list[Sample] = []
     heur: list[Reject] = []
     for out in filter_samples(samples, fcfg, counter):

@@ -249,3 +249,13 @@ def test_the_distributed_filter_gives_the_single_process_verdicts(shared: Path, 
     assert [(r.record_id, r.reason, r.detail) for r in many[1]] == [(r.record_id, r.reason, r.detail) for r in one[1]]
     assert many[2] == one[2]
     assert {"heuristics", "decontamination", "grounding"} <= set(one[2]) and one[0]  # every path taken, some kept
+
+    # with no lower token bound the model is still loaded for grounding, and both paths then check the upper
+    # bound with its tokenizer
+    bounds = {"min_response_tokens": 0, "max_response_tokens": 12}
+    cfg0 = cfg.model_copy(update={"filter": cfg.filter.model_copy(update=bounds)})
+    one0 = apply_filters(cfg0, samples(), NullProgress())
+    many0 = apply_filters(cfg0, samples(), NullProgress(), map_fn=as_tasks)
+    assert any(r.reason == "too_long" for r in one0[1]) and one0[0]
+    assert [s.model_dump_json() for s in many0[0]] == [s.model_dump_json() for s in one0[0]]
+    assert [(r.record_id, r.reason) for r in many0[1]] == [(r.record_id, r.reason) for r in one0[1]]
