@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadcheck import report_load  # noqa: E402
+from loadcheck import load_at_start, report_load  # noqa: E402
 
 
 def docs_dir() -> Path:
@@ -78,8 +78,7 @@ def main() -> int:
     from datapipe.extract import SourceFile, extract_file
     from datapipe.records import Document
 
-    load_start = os.getloadavg()[0]
-    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
+    load_start = load_at_start()
     folder = docs_dir()
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     docs: list[Document] = []

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadcheck import report_load  # noqa: E402
+from loadcheck import load_at_start, report_load  # noqa: E402
 
 
 def _stack() -> object:
@@ -95,8 +95,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    load_start = os.getloadavg()[0]
-    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
+    load_start = load_at_start()
 
     import argilla as rg
 

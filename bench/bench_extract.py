@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadcheck import report_load  # noqa: E402
+from loadcheck import load_at_start, report_load  # noqa: E402
 
 
 def docs_dir() -> Path:
@@ -74,8 +74,7 @@ def main() -> int:
 
     _ensure_offline_spacy()
     cfg = ExtractConfig()
-    load_start = os.getloadavg()[0]
-    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
+    load_start = load_at_start()
     folder = docs_dir()
     files = list_files(folder)
     print(f"documents: {folder} ({len(files)} files)")

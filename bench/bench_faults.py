@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_teacher import MODEL_ALIAS, free_port, wait_ready  # noqa: E402
-from loadcheck import report_load  # noqa: E402
+from loadcheck import load_at_start, report_load  # noqa: E402
 
 from tests.integration.faultproxy import FaultProxy  # noqa: E402
 
@@ -209,8 +209,7 @@ def main() -> int:
 
     from tests.conftest import gguf_path
 
-    load_start = os.getloadavg()[0]
-    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
+    load_start = load_at_start()
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="bench_faults_server_", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path(), "--model_alias", MODEL_ALIAS]

@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from loadcheck import report_load  # noqa: E402
+from loadcheck import load_at_start, report_load  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -142,8 +142,7 @@ def main() -> None:
     parser.add_argument("--gen-words", type=int, default=1000)
     parser.add_argument("--dedup-n", type=int, default=40_000)
     args = parser.parse_args()
-    load_start = os.getloadavg()[0]
-    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
+    load_start = load_at_start()
     from datapipe import pipeline as stages
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))

@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadcheck import report_load  # noqa: E402
+from loadcheck import load_at_start, report_load  # noqa: E402
 
 MODEL_ALIAS = "smollm2"
 MAX_TOKENS = 48
@@ -258,8 +258,7 @@ def main() -> int:
         "--n_ctx",
         "2048",
     ]
-    load_start = os.getloadavg()[0]
-    print(f"load average at start: {load_start:.2f} (cores: {os.cpu_count()})")
+    load_start = load_at_start()
     print(
         f"llama_cpp (llama-cpp-python) version: {importlib.metadata.version('llama_cpp_python')}; "
         f"openai {importlib.metadata.version('openai')}; distilabel {importlib.metadata.version('distilabel')}"

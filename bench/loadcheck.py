@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 
 
+def load_at_start() -> float:
+    """Print the 1-minute load average before the measurements, and return it for ``report_load``."""
+    load = os.getloadavg()[0]
+    print(f"load average at start: {load:.2f} (cores: {os.cpu_count()})")
+    return load
+
+
 def report_load(load_start: float, warn_at_end: float) -> float:
     """Print the 1-minute load average now, and a warning when the machine was not idle; return it."""
     load_end = os.getloadavg()[0]

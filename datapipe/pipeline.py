@@ -69,6 +69,13 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def teacher_record(teacher: Any, stats_elsewhere: list[dict[str, Any]] | None, role: str = "teacher") -> dict[str, Any]:
+    """A teacher's identity and statistics for a manifest, with those its stage's parts reported under ``role``
+    (``{"teacher": ..., "second_model": ...}`` per part) added up."""
+    parts = [st[role] for st in stats_elsewhere or [] if role in st]
+    return {**teacher.identity, **merge_stats([teacher.stats.as_dict(), *parts])}
+
+
 def store_for(cfg: PipelineConfig) -> RunStore:
     return RunStore(cfg.run_dir)
 
@@ -427,7 +434,7 @@ def run_generate(
     for key, _, _, _ in jobs:
         inputs, n_in, n_out, n_rej, _, seconds, reused = results[key]
         rec.add(key, inputs, n_in, n_out, n_rej, seconds, reused)
-    rec.extra["teacher"] = {**teacher.identity, **merge_stats([teacher.stats.as_dict(), *(stats_elsewhere or [])])}
+    rec.extra["teacher"] = teacher_record(teacher, stats_elsewhere)
     progress.done("generate")
     return rec.finish()
 
@@ -729,16 +736,9 @@ def run_preference(
         if second is not None:
             out["second_model"] = second.stats.as_dict()
         return out
-    elsewhere = stats_elsewhere or []
-    rec.extra["teacher"] = {
-        **teacher.identity,
-        **merge_stats([teacher.stats.as_dict(), *(st["teacher"] for st in elsewhere if "teacher" in st)]),
-    }
+    rec.extra["teacher"] = teacher_record(teacher, stats_elsewhere)
     if second is not None:
-        rec.extra["second_model"] = {
-            **second.identity,
-            **merge_stats([second.stats.as_dict(), *(st["second_model"] for st in elsewhere if "second_model" in st)]),
-        }
+        rec.extra["second_model"] = teacher_record(second, stats_elsewhere, "second_model")
     progress.done("preference")
     return rec.finish()
 

@@ -152,10 +152,7 @@ def run_parts(target: str, stage: str, n: int) -> dict[str, Any]:
             stopped = result[STOP]
             continue
         done.update(result["computed"])
-        if stage == "generate":
-            stats.append(result["teacher"])
-        elif stage == "preference":
-            stats.append({k: result[k] for k in ("teacher", "second_model") if k in result})
+        stats.append({k: result[k] for k in ("teacher", "second_model") if k in result})
     if stopped is not None:
         return {STOP: stopped}
     out: dict[str, Any] = {"done_elsewhere": done}
