@@ -168,11 +168,14 @@ def _remote_matches(src: str, options: dict[str, Any] | None) -> list[UPath]:
     def upath(name: str) -> UPath:
         return fsio.as_path(f"{root.protocol}://{name.lstrip('/')}", options)
 
-    if any(ch in src.split("://", 1)[1] for ch in "*?["):
-        names = [n for n in fs.glob(where) if fs.isfile(n)]
+    def visible(names: list[str], base: str) -> list[str]:  # dot-names below ``base`` are skipped, as on disk
+        return [n for n in names if not any(part.startswith(".") for part in n[len(base) :].split("/"))]
+
+    first = next((i for i, ch in enumerate(where) if ch in "*?["), None)
+    if first is not None:
+        names = visible([n for n in fs.glob(where) if fs.isfile(n)], where[: where.rfind("/", 0, first) + 1])
     elif fs.isdir(where):
-        base = where.rstrip("/") + "/"
-        names = [n for n in fs.find(where) if not any(part.startswith(".") for part in n[len(base) :].split("/"))]
+        names = visible(fs.find(where), where.rstrip("/") + "/")
     elif fs.exists(where):
         names = [where]
     else:

@@ -96,6 +96,7 @@ def test_sources_in_a_bucket_extract_like_local_files(tmp_path: Path, s3_server:
     fs.pipe(f"{prefix}/docs/notes.xyz", b"not a document format")
     fs.pipe(f"{prefix}/docs/.hidden.txt", b"a hidden file is skipped, like on disk")
     fs.pipe(f"{prefix}/big/large.txt", b"word " * 400_000)  # 2 MB, over extract.max_text_mb below
+    fs.pipe(f"{prefix}/big/.draft.txt", b"a hidden file matched by a glob is skipped too, like on disk")
     options = {"endpoint_url": s3_server.endpoint_url}
     extract_cfg = {"max_text_mb": 1}
     local = write_config(tmp_path / "local.yaml", run_id="l", store="runs", sources=[str(docs)], extract=extract_cfg)
