@@ -34,7 +34,13 @@ def snapshot_config(cfg: PipelineConfig) -> UPath:
     if data["teacher"].get("cache_path"):
         data["teacher"]["cache_path"] = str(cfg.resolve(cfg.teacher.cache_path or "").resolve())
     path = cfg.run_dir / RUN_CONFIG
-    _atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))  # a kill leaves old or new
+    text = json.dumps(data, indent=2, sort_keys=True).encode("utf-8")
+    try:
+        if path.read_bytes() == text:  # every stage, task and Ray worker loads the config: write only changes
+            return path
+    except OSError:
+        pass
+    _atomic_write_bytes(path, text)  # a kill leaves old or new
     return path
 
 
