@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from datapipe.errors import DatapipeError  # noqa: E402
+from datapipe.errors import DatapipeError, PendingError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Turn your documents into training data for small language models."
@@ -58,6 +58,18 @@ Target = Annotated[str, typer.Argument(help="pipeline.yaml, or a run folder (run
 
 
 BUDGET_EXIT = 3  # the run stopped at its teacher budget: persisted, resumable
+
+
+def _pending(target: str, exc: BaseException, wall: float | None) -> None:
+    """A run or stage that ended with records pending: the summary, what is pending and why, exit 4."""
+    from datapipe.pending import PENDING_EXIT
+
+    try:
+        _summary(target, wall)
+    except (DatapipeError, FileNotFoundError):
+        pass
+    err_console.print(f"[bold yellow]pending:[/] {exc}", highlight=False)
+    raise typer.Exit(PENDING_EXIT)
 
 
 def _fail(exc: BaseException) -> None:
@@ -89,7 +101,13 @@ def _stage(fn: Callable[..., Any], target: str, **kwargs: Any) -> None:
     try:
         cfg = load_target(target)
         with run_lock(cfg.run_dir), RichProgress() as progress, run_budget(run_budget_key(cfg), cfg.budget):
-            fn(cfg, progress=progress, **kwargs)
+            manifest = fn(cfg, progress=progress, **kwargs)
+        if isinstance(manifest, dict) and "counts" in manifest:
+            from datapipe.pending import check_pending
+
+            check_pending(manifest, allow_partial=False)
+    except PendingError as exc:
+        _pending(target, exc, time.time() - t0)
     except (DatapipeError, FileNotFoundError) as exc:
         _fail(exc)
     _summary(target, time.time() - t0)
@@ -106,11 +124,19 @@ def run(
             help="extract and chunk (no teacher), then estimate the teacher calls and tokens the run would need",
         ),
     ] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="publish even when records are pending because the teacher was down (default: publish nothing "
+            "and exit 4; re-running resumes)",
+        ),
+    ] = False,
 ) -> None:
     """Run extract -> chunk -> generate -> filter -> export -> publish as a Prefect flow, then print a summary.
 
-    Only what changed since the last run costs teacher calls; a run that is killed or stops at its
-    budget continues where it stopped when started again with the same command."""
+    Only what changed since the last run costs teacher calls; a run that is killed, stops at its
+    budget or meets a teacher outage continues where it stopped when started again with the same command."""
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
 
@@ -126,11 +152,13 @@ def run(
         with RichProgress() as progress:
             set_progress(progress)
             try:
-                state = flow_for(target)(target, export_format, return_state=True)
+                state = flow_for(target)(target, export_format, allow_partial or None, return_state=True)
             finally:
                 set_progress(NullProgress())
         if state.is_failed():
             _raise_outcome(target, state)
+    except PendingError as exc:
+        _pending(target, exc, time.time() - t0)
     except DatapipeError as exc:
         _fail(exc)
     _summary(target, time.time() - t0)
@@ -147,6 +175,8 @@ def _raise_outcome(target: str, state: Any) -> None:
     last = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if last.get("status") == "budget_reached":
         raise BudgetExceeded(last.get("message", "teacher budget reached"))
+    if last.get("status") == "pending":
+        raise PendingError(last.get("message", "records pending"), last.get("pending"))
     state.result()  # raises the exception that failed the run
 
 
@@ -170,6 +200,13 @@ def _print_version(target: str) -> None:
     else:
         console.print(f"training data unchanged: the latest version is still [bold]{m['version']}[/]")
     console.print(f"training data: [bold]{m['path']}[/]", highlight=False, soft_wrap=True)
+    if m.get("pending"):
+        counts = ", ".join(f"{stage} {n}" for stage, n in m["pending"].items())
+        console.print(
+            f"[bold yellow]partial:[/] records pending ({counts}) are not in this version (--allow-partial); "
+            f"run again when the teacher is back",
+            highlight=False,
+        )
 
 
 def _dry_run(target: str) -> None:

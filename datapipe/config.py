@@ -100,6 +100,12 @@ class TeacherConfig(_Strict):
     backoff_base_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
     timeout_s: float = Field(120.0, gt=0)
+    unreachable_after: int = Field(
+        5,
+        ge=0,
+        description="consecutive failed connection attempts after which the stage stops asking (circuit breaker; "
+        "0: never); what was not answered stays pending for the next run",
+    )
     n_ctx: int = Field(2048, ge=256, description="llamacpp context window")
     n_threads: int | None = Field(None, ge=1, description="llamacpp CPU threads (default: all cores)")
     cache: bool = True
@@ -406,6 +412,11 @@ class PipelineConfig(_Strict):
     runner: RunnerConfig = RunnerConfig()
     budget: BudgetConfig = BudgetConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    allow_partial: bool = Field(
+        False,
+        description="publish a version even when records are pending (the teacher was down, the budget ran out); "
+        "the version records how many; default: such a run publishes nothing and exits non-zero",
+    )
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
 

@@ -48,3 +48,24 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TeacherError):
         return exc.transient
     return False
+
+
+class TeacherRefused(TeacherError):
+    """The teacher refused the credential (HTTP 401/403): every later request would be refused too, so the
+    stage stops at once instead of turning each record into a reject."""
+
+    stops_stage = True
+
+
+class TeacherUnreachable(TeacherError):
+    """The teacher's endpoint refused or dropped several connections in a row (the circuit breaker is open):
+    further requests of this stage fail at once instead of spending their retries."""
+
+
+class PendingError(TransientError):
+    """A stage ended with records a retry can fix (the teacher was down, a budget ran out): they are pending,
+    not rejected; the run is not complete and publishes nothing; the same command resumes it."""
+
+    def __init__(self, message: str, pending: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.pending = pending or {}

@@ -76,6 +76,18 @@ def teacher_record(teacher: Any, stats_elsewhere: list[dict[str, Any]] | None, r
     return {**teacher.identity, **merge_stats([teacher.stats.as_dict(), *parts])}
 
 
+def write_output(store: RunStore, stage: str, key: str, table: Any, rejects: list[Reject]) -> tuple[str, int, int]:
+    """Write a computed shard: complete under ``key`` when every record has an outcome, else a partial shard
+    whose retryable records are pending (see :mod:`datapipe.reasons`). Returns (key written, rejects, pending)."""
+    from datapipe.reasons import split_pending
+
+    final, pending = split_pending(rejects)
+    if not pending:
+        store.write_shard(stage, key, table, final)
+        return key, len(final), 0
+    return store.write_partial(stage, key, table, final, pending), len(final), len(pending)
+
+
 def store_for(cfg: PipelineConfig) -> RunStore:
     return RunStore(cfg.run_dir)
 
@@ -403,6 +415,7 @@ def run_generate(
     done_elsewhere = done_elsewhere or {}
     progress.start("generate", sum(n for _, _, n, _ in jobs))
     results: dict[str, tuple[list[str], int, int, int, int, float, bool]] = {}
+    pending: dict[str, tuple[str, int]] = {}  # shard key -> (partial shard written, records pending)
 
     async def one_job(key: str, inputs: list[str], n_in: int, job: Any) -> None:
         t0 = time.perf_counter()
@@ -413,8 +426,10 @@ def run_generate(
             progress.advance("generate", n_in)
         else:
             samples, rejects = await job()
-            store.write_shard("generate", key, Sample.to_table(samples), rejects)
-            n_out, n_rej = len(samples), len(rejects)
+            written, n_rej, n_pending = write_output(store, "generate", key, Sample.to_table(samples), rejects)
+            n_out = len(samples)
+            if n_pending:
+                pending[key] = (written, n_pending)
         seconds = done_elsewhere.get(key, time.perf_counter() - t0)
         results[key] = (inputs, n_in, n_out, n_rej, 0, seconds, have and key not in done_elsewhere)
 
@@ -429,11 +444,13 @@ def run_generate(
             await asyncio.gather(*(bounded(*j) for j in jobs))
 
     asyncio.run(main())
-    if part is not None:
-        return {"computed": {k: r[5] for k, r in results.items()}, "teacher": teacher.stats.as_dict()}
+    if part is not None:  # a partial shard is not done: the driver's pass asks again for what is pending
+        computed = {k: r[5] for k, r in results.items() if k not in pending}
+        return {"computed": computed, "teacher": teacher.stats.as_dict()}
     for key, _, _, _ in jobs:
         inputs, n_in, n_out, n_rej, _, seconds, reused = results[key]
-        rec.add(key, inputs, n_in, n_out, n_rej, seconds, reused)
+        written, n_pending = pending.get(key, (key, 0))
+        rec.add(written, inputs, n_in, n_out, n_rej, seconds, reused, n_pending)
     rec.extra["teacher"] = teacher_record(teacher, stats_elsewhere)
     progress.done("generate")
     return rec.finish()
@@ -543,6 +560,7 @@ def apply_filters(
     tasks through it; without, everything runs in this process."""
     from datapipe.chunk import load_embedder
     from datapipe.filter import dedup
+    from datapipe.reasons import is_retryable
 
     fcfg = cfg.filter
     rejects: list[Reject] = []
@@ -578,7 +596,7 @@ def apply_filters(
         judged = judge.run(kept, on_done=lambda: progress.advance("filter"))
         judge_rejects = [r for r in judged if isinstance(r, Reject)]
         rejects.extend(judge_rejects)
-        dropped["judge"] = len(judge_rejects)
+        dropped["judge"] = sum(not is_retryable(r.reason) for r in judge_rejects)  # pending ones are not dropped
         kept = [s for s in judged if isinstance(s, Sample)]
     else:
         progress.advance("filter", len(kept))
@@ -622,6 +640,7 @@ def run_filter(cfg: PipelineConfig, progress: Progress | None = None, map_fn: An
     key = content_id(in_keys, cfg_hash)
     t0 = time.perf_counter()
     reused = store.has_shard("filter", key)
+    n_pending = 0
     progress.start("filter", len(samples))
     if reused:
         n_out = len(store.read_shard("filter", key, Sample))
@@ -632,9 +651,9 @@ def run_filter(cfg: PipelineConfig, progress: Progress | None = None, map_fn: An
         if judge is not None:
             rec.extra["teacher"] = {**judge.teacher.identity, **judge.teacher.stats.as_dict(), "step": "judge"}
         rec.extra["dropped_by_step"] = dropped
-        store.write_shard("filter", key, Sample.to_table(kept), rejects)
-        n_out, n_rej = len(kept), len(rejects)
-    rec.add(key, in_keys, len(samples), n_out, n_rej, time.perf_counter() - t0, reused)
+        key, n_rej, n_pending = write_output(store, "filter", key, Sample.to_table(kept), rejects)
+        n_out = len(kept)
+    rec.add(key, in_keys, len(samples), n_out, n_rej, time.perf_counter() - t0, reused, n_pending)
     progress.done("filter")
     return rec.finish()
 
@@ -709,6 +728,7 @@ def run_preference(
             t0 = time.perf_counter()
             key = content_id([s.id for s in batch], cfg_hash)
             reused = store.has_shard("preference", key)
+            written, n_pending = key, 0
             if reused:
                 n_out = len(store.read_shard("preference", key, PreferencePair))
                 n_rej = len(store.read_shard_rejects("preference", key))
@@ -723,12 +743,15 @@ def run_preference(
                 results = await asyncio.gather(*(one(s) for s in batch))
                 pairs = [r for r in results if isinstance(r, PreferencePair)]
                 rejects = [r for r in results if isinstance(r, Reject)]
-                store.write_shard("preference", key, PreferencePair.to_table(pairs), rejects)
-                n_out, n_rej = len(pairs), len(rejects)
+                written, n_rej, n_pending = write_output(
+                    store, "preference", key, PreferencePair.to_table(pairs), rejects
+                )
+                n_out = len(pairs)
             seconds = done_elsewhere.get(key, time.perf_counter() - t0)
-            computed[key] = seconds
+            if not n_pending:  # a partial batch is not done: the driver's pass asks again
+                computed[key] = seconds
             reused = reused and key not in done_elsewhere
-            rec.add(key, [s.id for s in batch], len(batch), n_out, n_rej, seconds, reused)
+            rec.add(written, [s.id for s in batch], len(batch), n_out, n_rej, seconds, reused, n_pending)
 
     asyncio.run(main())
     if part is not None:

@@ -69,6 +69,9 @@ class RunStore:
     def rejects_path(self, stage: str, key: str) -> UPath:
         return self.root / "rejects" / stage / f"{key}.parquet"
 
+    def pending_path(self, stage: str, key: str) -> UPath:
+        return self.root / "pending" / stage / f"{key}.parquet"
+
     def has_shard(self, stage: str, key: str) -> bool:
         return self.shard_path(stage, key).is_file()
 
@@ -76,6 +79,29 @@ class RunStore:
         """Persist one shard and its rejects; the shard file appearing marks it complete."""
         _atomic_write_table(self.rejects_path(stage, key), Reject.to_table(rejects))
         _atomic_write_table(self.shard_path(stage, key), table)
+
+    def write_partial(self, stage: str, key: str, table: pa.Table, rejects: list[Reject], pending: list[Reject]) -> str:
+        """Persist what a shard got before a retryable failure, under a key of its own (``partial-...``, named by
+        its content): the shard's own key stays absent, so the next run computes it again; the records a retry
+        can fix go to ``pending/`` instead of ``rejects/``. Returns the key written."""
+        from datapipe.records import content_id
+
+        ids = [table.column("id").to_pylist() if "id" in table.column_names else [], [r.record_id for r in rejects]]
+        pkey = "partial-" + content_id(key, ids, sorted(r.record_id for r in pending), length=24)
+        _atomic_write_table(self.pending_path(stage, pkey), Reject.to_table(pending))
+        self.write_shard(stage, pkey, table, rejects)
+        return pkey
+
+    def read_pending(self, stage: str, key: str) -> list[Reject]:
+        path = self.pending_path(stage, key)
+        return Reject.from_table(fsio.read_table(path)) if path.is_file() else []
+
+    def iter_pending(self, stage: str) -> Iterator[Reject]:
+        """Records of the stage's current output that a retry can fix (none once every shard is complete)."""
+        manifest = self.read_manifest(stage)
+        for s in (manifest or {}).get("shards", []):
+            if s.get("pending"):
+                yield from self.read_pending(stage, s["key"])
 
     def read_shard(self, stage: str, key: str, record: type[R]) -> list[R]:
         return record.from_table(fsio.read_table(self.shard_path(stage, key)))
@@ -251,8 +277,17 @@ class StageRecorder:
         self.extra: dict[str, Any] = {}
 
     def add(
-        self, key: str, inputs: list[str], n_in: int, n_out: int, n_rejects: int, seconds: float, reused: bool
+        self,
+        key: str,
+        inputs: list[str],
+        n_in: int,
+        n_out: int,
+        n_rejects: int,
+        seconds: float,
+        reused: bool,
+        pending: int = 0,
     ) -> None:
+        """One shard's figures; ``pending``: records a retry can fix (the shard is then a partial one)."""
         self.shards.append(
             {
                 "key": key,
@@ -262,14 +297,18 @@ class StageRecorder:
                 "rejects": n_rejects,
                 "seconds": round(seconds, 4),
                 "reused": reused,
+                **({"pending": pending} if pending else {}),
             }
         )
 
     def finish(self) -> dict[str, Any]:
         reasons: Counter[str] = Counter()
+        pending: Counter[str] = Counter()
         for s in self.shards:
             for r in self.store.read_shard_rejects(self.stage, s["key"]):
                 reasons[_reason_code(r.reason)] += 1
+            if s.get("pending"):
+                pending.update(_reason_code(r.reason) for r in self.store.read_pending(self.stage, s["key"]))
         manifest = {
             "stage": self.stage,
             "config_hash": self.config_hash,
@@ -281,8 +320,10 @@ class StageRecorder:
                 "rejected": sum(s["rejects"] for s in self.shards),
                 "shards": len(self.shards),
                 "shards_reused": sum(1 for s in self.shards if s["reused"]),
+                "pending": sum(s.get("pending", 0) for s in self.shards),
             },
             "rejects_by_reason": dict(sorted(reasons.items())),
+            **({"pending_by_reason": dict(sorted(pending.items()))} if pending else {}),
             "shards": self.shards,
             **self.extra,
         }

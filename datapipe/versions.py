@@ -174,6 +174,7 @@ def removed_samples(
     if not gone:
         return []
     explained = _rejected_ids(store)
+    waiting = {r.record_id for stage in STAGES if stage != "publish" for r in store.iter_pending(stage)}
     full: dict[str, Sample] = {}
     for key in previous.get("inputs", []):
         if store.has_shard("filter", key):
@@ -185,7 +186,10 @@ def removed_samples(
         if m.id in explained or m.chunk_id in explained:
             continue
         path = m.source_path
-        if path not in sources:
+        if m.id in waiting or m.chunk_id in waiting:
+            reason = "pending"
+            detail = "its teacher request failed in a way a retry can fix (allow_partial); the next run asks again"
+        elif path not in sources:
             reason, detail = "source_deleted", f"{path} is no longer among the sources (the sample was in {name})"
         elif prev_sources.get(path) not in (None, sources[path]):
             reason = "source_changed"
@@ -219,6 +223,7 @@ def _point_latest(store: RunStore, name: str) -> None:
 
 def run_publish(cfg: PipelineConfig, formats: list[str], progress: Any = None) -> dict[str, Any]:
     """Publish the run's export as a new version when it differs from the latest one."""
+    from datapipe.pending import pending_counts
     from datapipe.pipeline import run_export, store_for
 
     t0 = time.perf_counter()
@@ -230,6 +235,9 @@ def run_publish(cfg: PipelineConfig, formats: list[str], progress: Any = None) -
     sources = current_sources(cfg, store)
     diff = diff_sources(latest["sources"] if latest else {}, sources)
     rec = StageRecorder(store, "publish", key[:16])
+    pending = pending_counts(store)  # only with allow_partial: otherwise such a run does not reach publish
+    if pending:
+        rec.extra["pending"] = pending
     if progress is not None:
         progress.start("publish", 1)
     if latest is not None and latest["content_key"] == key:
@@ -276,6 +284,7 @@ def run_publish(cfg: PipelineConfig, formats: list[str], progress: Any = None) -
         "inputs": store.current_keys("filter"),
         "sources": sources,
         "documents": diff.as_dict(),
+        **({"pending": pending} if pending else {}),
         "samples": {
             "total": len(members),
             "added": len(current_ids - prev_ids),

@@ -31,8 +31,9 @@ from prefect.states import Failed, State  # noqa: E402
 from datapipe import pipeline as stages  # noqa: E402
 from datapipe import versions  # noqa: E402
 from datapipe.config import PipelineConfig  # noqa: E402
-from datapipe.errors import MissingDependencyError, is_transient  # noqa: E402
+from datapipe.errors import MissingDependencyError, PendingError, is_transient  # noqa: E402
 from datapipe.fsio import is_url  # noqa: E402
+from datapipe.pending import check_pending, pending_counts  # noqa: E402
 from datapipe.runs import load_target  # noqa: E402
 from datapipe.store import _atomic_write_bytes, run_lock  # noqa: E402
 from datapipe.teacher.budget import BudgetExceeded, ray_run_budget, run_budget  # noqa: E402
@@ -93,19 +94,29 @@ def chunk_task(target: str, done_elsewhere: dict[str, float] | None = None) -> d
     return stages.run_chunk(load_target(target), _progress, done_elsewhere=done_elsewhere)
 
 
+def _complete(result: dict[str, Any], allow_partial: bool) -> dict[str, Any]:
+    """A stage's manifest, or PendingError (transient: the task is retried) when it left records pending."""
+    return result if STOP in result else check_pending(result, allow_partial)
+
+
 @task(name="generate", **_task_opts)
 def generate_task(
-    target: str, done_elsewhere: dict[str, float] | None = None, stats_elsewhere: list[dict[str, Any]] | None = None
+    target: str,
+    done_elsewhere: dict[str, float] | None = None,
+    stats_elsewhere: list[dict[str, Any]] | None = None,
+    allow_partial: bool = False,
 ) -> dict[str, Any]:
     cfg = load_target(target)
-    return _budgeted(
+    result = _budgeted(
         stages.run_generate, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats_elsewhere
     )
+    return _complete(result, allow_partial)
 
 
 @task(name="filter", **_task_opts)
-def filter_task(target: str, distributed: bool = False) -> dict[str, Any]:
-    return _budgeted(stages.run_filter, load_target(target), _progress, map_fn=ray_map if distributed else None)
+def filter_task(target: str, distributed: bool = False, allow_partial: bool = False) -> dict[str, Any]:
+    result = _budgeted(stages.run_filter, load_target(target), _progress, map_fn=ray_map if distributed else None)
+    return _complete(result, allow_partial)
 
 
 PART_RUNNERS = {
@@ -197,12 +208,16 @@ def _parts_for(cfg: PipelineConfig) -> int:
 
 @task(name="preference", **_task_opts)
 def preference_task(
-    target: str, done_elsewhere: dict[str, float] | None = None, stats_elsewhere: list[dict[str, Any]] | None = None
+    target: str,
+    done_elsewhere: dict[str, float] | None = None,
+    stats_elsewhere: list[dict[str, Any]] | None = None,
+    allow_partial: bool = False,
 ) -> dict[str, Any]:
     cfg = load_target(target)
-    return _budgeted(
+    result = _budgeted(
         stages.run_preference, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats_elsewhere
     )
+    return _complete(result, allow_partial)
 
 
 @task(name="export", **_task_opts)
@@ -247,6 +262,9 @@ def guarded_run(target: str, flow_name: str) -> Iterator[dict[str, Any]]:
     with run_lock(cfg.run_dir), _budget_scope(cfg) as budget:
         try:
             yield record
+        except PendingError as exc:  # not a failure of the run's own: the teacher was down; re-running resumes
+            record.update(status="pending", message=str(exc), pending=pending_counts(stages.store_for(cfg)))
+            raise
         except Exception as exc:
             record.update(status="failed", message=f"{type(exc).__name__}: {exc}")
             raise
@@ -258,24 +276,29 @@ def guarded_run(target: str, flow_name: str) -> Iterator[dict[str, Any]]:
 
 
 @flow(name="datapipe-pipeline")
-def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, Any] | State:
+def pipeline_flow(
+    target: str, export_format: str | None = None, allow_partial: bool | None = None
+) -> dict[str, Any] | State:
     """extract -> chunk -> generate -> filter [-> preference] -> export -> publish for one pipeline config
     (or run folder): an incremental refresh that publishes a new version when the training data changed.
 
-    With preference pairs enabled, the DPO export is written next to the configured format.
+    With preference pairs enabled, the DPO export is written next to the configured format. A stage that
+    ends with records pending (the teacher was down) fails the run, which publishes nothing, unless
+    ``allow_partial`` (default: the config's ``allow_partial``).
     """
     if not is_url(target):  # tasks may run in other processes (Ray workers) with another cwd
         target = str(Path(target).resolve())
     if load_target(target).runner.kind == "ray" and not _on_ray():
         # a deployment (`datapipe serve`, prefect.yaml) runs this flow as defined, on the local task runner:
         # the run goes on as a subflow on the Ray runner, and its final state is this flow's
-        state: State = flow_for(target)(target, export_format, return_state=True)
+        state: State = flow_for(target)(target, export_format, allow_partial, return_state=True)
         if state.is_completed():
             result: dict[str, Any] = state.result()  # type: ignore[assignment]
             return result
         return state
     with guarded_run(target, "datapipe-pipeline") as record:
         cfg = load_target(target)
+        partial = cfg.allow_partial if allow_partial is None else allow_partial
         out: dict[str, Any] = {}
         n = _parts_for(cfg) if cfg.runner.kind == "ray" else 0
         for name, stage_task in (
@@ -284,19 +307,20 @@ def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, An
             ("generate", generate_task),
             ("filter", filter_task),
         ):
+            opts = {"allow_partial": partial} if name in ("generate", "filter") else {}
             if n and name == "filter":
-                out[name] = filter_task(target, distributed=True)
+                out[name] = filter_task(target, distributed=True, **opts)
             elif n:
                 parts = run_parts(target, name, n)
-                out[name] = parts if STOP in parts else stage_task(target, **parts)
+                out[name] = parts if STOP in parts else stage_task(target, **parts, **opts)
             else:
-                out[name] = stage_task(target)
+                out[name] = stage_task(target, **opts)
             if STOP in out[name]:
                 return _stop(record, out[name][STOP])
         formats = export_formats(cfg, export_format)
         if cfg.generate.preference.enabled:
             parts = run_parts(target, "preference", n) if n else {}
-            out["preference"] = parts if STOP in parts else preference_task(target, **parts)
+            out["preference"] = parts if STOP in parts else preference_task(target, **parts, allow_partial=partial)
             if STOP in out["preference"]:
                 return _stop(record, out["preference"][STOP])
         if n:
@@ -307,6 +331,8 @@ def pipeline_flow(target: str, export_format: str | None = None) -> dict[str, An
         out["export"] = export_task(target, export_format)
         out["publish"] = publish_task(target, formats)
         record.update(_published(out["publish"]))
+        if pending := pending_counts(stages.store_for(cfg)):
+            record.update(status="completed_partial", pending=pending)
     return out
 
 

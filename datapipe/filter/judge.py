@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datapipe.config import JudgeConfig
 from datapipe.errors import TeacherError
 from datapipe.generate.prompts import Prompt
+from datapipe.reasons import teacher_failure
 from datapipe.records import Reject, Sample, TeacherCall
 from datapipe.teacher import Teacher
 
@@ -70,7 +71,7 @@ class QAJudge:
         try:
             resp = await self.teacher.complete(messages, self.cfg.params)
         except TeacherError as exc:
-            return reject("teacher_error", f"judge: {exc}")
+            return reject(teacher_failure(exc), f"judge: {exc}")
         try:
             scores = parse_scores(resp.text)
         except JudgeParseError as exc:

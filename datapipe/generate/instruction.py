@@ -20,6 +20,7 @@ from typing import Any
 from datapipe.config import GenerateConfig
 from datapipe.errors import TeacherError
 from datapipe.generate.prompts import Prompt
+from datapipe.reasons import teacher_failure
 from datapipe.records import Chunk, Message, Provenance, Reject, Sample, TeacherCall, content_id
 from datapipe.teacher import Teacher, TeacherResponse
 
@@ -122,7 +123,7 @@ class InstructionGenerator:
         try:
             q_resp = await self.teacher.complete(self.questions.format_input(row), qparams)
         except TeacherError as exc:
-            reject("teacher_error", chunk.id, f"questions for chunk {chunk.id}: {exc}")
+            reject(teacher_failure(exc), chunk.id, f"questions for chunk {chunk.id}: {exc}")
             return [], rejects
         try:
             questions = self.questions.format_output(q_resp.text, row)["questions"]
@@ -147,7 +148,7 @@ class InstructionGenerator:
             try:
                 a_resp = await self.teacher.complete(self.answers.format_input(arow), aparams)
             except TeacherError as exc:
-                reject("teacher_error", sample_id, f"answer to {question!r}: {exc}", question=question)
+                reject(teacher_failure(exc), sample_id, f"answer to {question!r}: {exc}", question=question)
                 return None
             try:
                 text = self.answers.format_output(a_resp.text, arow)["answer"]

@@ -18,6 +18,7 @@ import re
 from datapipe.config import GenerationParams, PreferenceConfig
 from datapipe.errors import TeacherError
 from datapipe.generate.prompts import Prompt
+from datapipe.reasons import teacher_failure
 from datapipe.records import Candidate, Message, PreferencePair, Reject, Sample, content_id
 from datapipe.teacher import Teacher
 
@@ -130,7 +131,7 @@ class PreferenceGenerator:
         try:
             candidates = list(await asyncio.gather(*(generate(*j) for j in jobs)))
         except TeacherError as exc:
-            return reject("teacher_error", f"candidates for {sample.id}: {exc}")
+            return reject(teacher_failure(exc), f"candidates for {sample.id}: {exc}")
         if self.cfg.include_original:
             candidates.insert(0, self._candidate("original", None, None, sample.response, sample))
 
@@ -150,7 +151,7 @@ class PreferenceGenerator:
         try:
             rated = list(await asyncio.gather(*(rate(c) for c in candidates)))
         except TeacherError as exc:
-            return reject("teacher_error", f"judge for {sample.id}: {exc}", candidates)
+            return reject(teacher_failure(exc), f"judge for {sample.id}: {exc}", candidates)
         verdict = form_pair(rated, self.cfg.min_margin, self.cfg.min_chosen_score)
         if isinstance(verdict[0], str):
             return reject(str(verdict[0]), str(verdict[1]), rated)

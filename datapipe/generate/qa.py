@@ -21,6 +21,7 @@ from datapipe.config import GenerationParams, QAConfig
 from datapipe.errors import TeacherError
 from datapipe.generate.instruction import ParseError
 from datapipe.generate.prompts import Prompt
+from datapipe.reasons import teacher_failure
 from datapipe.records import Chunk, Message, Provenance, Reject, Sample, TeacherCall, content_id
 from datapipe.taxonomy.models import Leaf
 from datapipe.teacher import Teacher, TeacherResponse
@@ -173,7 +174,7 @@ class QAGenerator:
             except TeacherError as exc:
                 rejects.append(
                     self._reject(
-                        leaf, "teacher_error", chunk.id, str(exc), chunk_id=chunk.id, source_path=chunk.source_path
+                        leaf, teacher_failure(exc), chunk.id, str(exc), chunk_id=chunk.id, source_path=chunk.source_path
                     )
                 )
                 return []
@@ -215,7 +216,7 @@ class QAGenerator:
             try:
                 resp = await self.teacher.complete(messages, params)
             except TeacherError as exc:
-                rejects.append(self._reject(leaf, "teacher_error", record_id, str(exc)))
+                rejects.append(self._reject(leaf, teacher_failure(exc), record_id, str(exc)))
                 return None
             try:
                 context, q, a = parse_skill_example(resp.text, leaf.grounded)

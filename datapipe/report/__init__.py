@@ -61,6 +61,7 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
     stages = []
     reasons: Counter[tuple[str, str]] = Counter()
     teacher: list[tuple[str, dict[str, Any]]] = []
+    pending: Counter[tuple[str, str]] = Counter()
     for stage in STAGES:
         m = store.read_manifest(stage)
         if m is None:
@@ -79,9 +80,11 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
         )
         for reason, n in m.get("rejects_by_reason", {}).items():
             reasons[(stage, reason)] += n
+        for reason, n in m.get("pending_by_reason", {}).items():
+            pending[(stage, reason)] += n
         if "teacher" in m:
             teacher.append((stage, m["teacher"]))
-    return {"run": str(store.root), "stages": stages, "rejects": reasons, "teacher": teacher}
+    return {"run": str(store.root), "stages": stages, "rejects": reasons, "teacher": teacher, "pending": pending}
 
 
 def teacher_faults_line(stage: str, t: dict[str, Any]) -> str | None:
@@ -124,6 +127,14 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
         for (stage, reason), n in sorted(summary["rejects"].items()):
             rej.add_row(stage, reason, str(n))
         parts.append(rej)
+    if summary.get("pending"):
+        pend = Table(title="pending: not rejected, asked again by the next run", title_justify="left")
+        pend.add_column("stage")
+        pend.add_column("reason")
+        pend.add_column("count", justify="right")
+        for (stage, reason), n in sorted(summary["pending"].items()):
+            pend.add_row(stage, reason, str(n))
+        parts.append(pend)
     if summary["teacher"]:
         first = summary["teacher"][0][1]
         tt = Table(title=f"teacher {first.get('backend')}:{first.get('model')}", title_justify="left")
@@ -138,6 +149,7 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
             tt.add_row("total", *(str(sum(t.get(k, 0) for _, t in summary["teacher"])) for k in cols))
         parts.append(tt)
         parts.extend(line for stage, t in summary["teacher"] if (line := teacher_faults_line(stage, t)))
+        parts.extend(f"{st}: stopped early: {t['unreachable']}" for st, t in summary["teacher"] if t.get("unreachable"))
     if wall_seconds is not None:
         parts.append(f"wall time: {wall_seconds:.1f} s")
     return Group(*parts)

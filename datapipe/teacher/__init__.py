@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from datapipe.config import GenerationParams, TeacherConfig
-from datapipe.errors import MissingDependencyError, TeacherError, TerminalError, TransientError
+from datapipe.errors import (
+    MissingDependencyError,
+    TeacherError,
+    TeacherRefused,
+    TeacherUnreachable,
+    TerminalError,
+    TransientError,
+)
 from datapipe.records import content_id
 from datapipe.teacher.budget import Budget, RayBudget, Reservation, estimate_tokens
 from datapipe.teacher.cache import ResponseCache
@@ -60,6 +67,7 @@ class TeacherStats:
     seconds_in_calls: float = 0.0
     concurrency: dict[str, Any] = field(default_factory=dict)
     endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
+    unreachable: str | None = None  # why the circuit breaker opened, when it did
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +85,7 @@ class TeacherStats:
             "seconds_in_calls": round(self.seconds_in_calls, 3),
             "concurrency": self.concurrency,
             **({"endpoints": self.endpoints} if self.endpoints else {}),
+            **({"unreachable": self.unreachable} if self.unreachable else {}),
         }
 
 
@@ -243,10 +252,12 @@ class OpenAIBackend:
                 raise TransientError(
                     f"HTTP {status}", retry_after=_retry_after(exc.response.headers), status=status
                 ) from None
-            raise TerminalError(
-                f"the teacher server refused the request: HTTP {status}"
-                + (f" (check {self.cfg.api_key_env})" if status in (401, 403) else "")
-            ) from None
+            if status in (401, 403):
+                raise _Refused(
+                    f"the teacher server refused the credential: HTTP {status}; check the API key in the "
+                    f"environment variable {self.cfg.api_key_env} (teacher.api_key_env)"
+                ) from None
+            raise TerminalError(f"the teacher server refused the request: HTTP {status}") from None
         except openai.APITimeoutError:
             raise TransientError("timeout") from None
         except openai.APIConnectionError as exc:
@@ -341,6 +352,16 @@ def _retry_after(headers: Any) -> float | None:
             return None
 
 
+class _Refused(TerminalError):
+    """HTTP 401/403 from the backend: becomes :class:`TeacherRefused`, which stops the stage."""
+
+
+def endpoint_names(cfg: TeacherConfig) -> str:
+    """The server(s) a teacher sends to, for messages (URLs only: a key never travels in them)."""
+    urls = [e.base_url for e in cfg.endpoints] or ([cfg.base_url] if cfg.base_url else [])
+    return ", ".join(urls) or "the OpenAI API"
+
+
 def _fault_kind(message: str) -> str:
     return message.split(":")[0].split(" (")[0]
 
@@ -361,6 +382,7 @@ class Teacher:
         self._start_lock: asyncio.Lock | None = None
         self._started = False
         self.concurrency = 1 if cfg.backend == "llamacpp" else cfg.max_concurrency
+        self._connection_failures = 0  # consecutive attempts that could not reach the server
 
     @property
     def identity(self) -> dict[str, str]:
@@ -415,6 +437,15 @@ class Teacher:
         call.add_done_callback(self._inflight.discard)
         return await asyncio.shield(call)
 
+    def _trip_breaker(self, fault: str) -> None:
+        """Open the circuit breaker after ``teacher.unreachable_after`` consecutive connection failures."""
+        limit = self.cfg.unreachable_after
+        if limit and self._connection_failures >= limit and self.stats.unreachable is None:
+            self.stats.unreachable = (
+                f"the teacher at {endpoint_names(self.cfg)} is unreachable: {self._connection_failures} connection "
+                f"attempts in a row failed ({fault}); is the server running? Everything received so far is saved"
+            )
+
     async def _call(
         self, key: str, messages: ChatMessages, params: GenerationParams, reservation: Reservation | None
     ) -> TeacherResponse:
@@ -436,6 +467,9 @@ class Teacher:
             sent_at = limiter.now()
             try:
                 async with limiter.slot() as sent_at:
+                    if self.stats.unreachable is not None:  # the breaker is open: fail at once, send nothing
+                        self.stats.failures += 1
+                        raise TeacherUnreachable(self.stats.unreachable, transient=True, attempts=attempt)
                     t0 = time.perf_counter()
                     self.stats.calls += 1
                     try:
@@ -447,9 +481,15 @@ class Teacher:
                     finally:
                         self.stats.seconds_in_calls += time.perf_counter() - t0
                 await limiter.succeeded()
+                self._connection_failures = 0
                 break
             except TransientError as exc:
                 self.stats.faults[_fault_kind(str(exc))] += 1
+                if str(exc).startswith("connection error"):
+                    self._connection_failures += 1
+                    self._trip_breaker(str(exc))
+                else:
+                    self._connection_failures = 0
                 if exc.status == 429 or str(exc) == "timeout":
                     limiter.congested(sent_at, "429" if exc.status == 429 else "timeout")
                 if attempt >= self.cfg.max_retries:
@@ -473,7 +513,8 @@ class Teacher:
             except TerminalError as exc:
                 self.stats.faults[_fault_kind(str(exc))] += 1
                 self.stats.failures += 1
-                raise TeacherError(str(exc), transient=False, attempts=attempt + 1) from None
+                kind = TeacherRefused if isinstance(exc, _Refused) else TeacherError
+                raise kind(str(exc), transient=False, attempts=attempt + 1) from None
         self.stats.input_tokens += n_in
         self.stats.output_tokens += n_out
         if self.cache is not None:

@@ -11,7 +11,9 @@ socket: reset a connection, cut a body short, hang. Each ``POST`` takes its faul
    (reshuffled when used up), so that a short run still sees every kind; seeded: the same
    seed gives the same sequence of draws, whatever the order requests arrive in;
 
-and otherwise the request is forwarded unchanged. Faults:
+and otherwise the request is forwarded unchanged. With ``refuse_after=N`` the proxy goes down after N
+requests: the next one is reset (fault ``down``), the listening socket closes, and every later connection
+is refused, as when a server stops mid-run. Faults:
 
 ``429``        429 with ``Retry-After: <retry_after>`` and a JSON error body
 ``500`` ``503`` ``401``  a JSON error body with that status
@@ -79,6 +81,7 @@ class FaultProxy:
         seed: int = 0,
         hang_s: float = 10.0,
         max_in_flight: int | None = None,
+        refuse_after: int | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.port = port
@@ -90,6 +93,8 @@ class FaultProxy:
         self._deck: list[str] = []
         self.hang_s = hang_s
         self.max_in_flight = max_in_flight
+        self.refuse_after = refuse_after
+        self._server: asyncio.Server | None = None
         self.arrivals: list[tuple[float, str]] = []
         self.requests: list[Arrival] = []
         self.forwarded = 0
@@ -143,7 +148,7 @@ class FaultProxy:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._client = httpx.AsyncClient(timeout=300)
-        server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        server = self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self._ready.set()
         try:
             await self._stop.wait()
@@ -186,7 +191,8 @@ class FaultProxy:
             status, ctype, data = await self._forward(method, target, headers, body)
             await self._send(writer, status, data, ctype)
             return True
-        fault = self._choose()
+        down = self.refuse_after is not None and len(self.arrivals) >= self.refuse_after
+        fault = "down" if down else self._choose()
         now = time.monotonic()
         self.arrivals.append((now, fault))
         self.requests.append(Arrival(now, fault, hashlib.sha256(body).hexdigest(), headers.get("authorization", "")))
@@ -200,6 +206,11 @@ class FaultProxy:
     async def _fault(
         self, fault: str, writer: asyncio.StreamWriter, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> bool:
+        if fault == "down":  # stop listening (later connections are refused) and drop this one
+            if self._server is not None and self._server.is_serving():
+                self._server.close()
+            writer.transport.abort()
+            return False
         if fault in ("429", "limit"):
             msg = {"error": {"message": "rate limited", "type": "rate_limit_exceeded"}}
             await self._send(writer, 429, json.dumps(msg).encode(), extra={"Retry-After": f"{self.retry_after:g}"})

@@ -101,7 +101,10 @@ def test_failed_late_stage_is_retried_alone(config: Path, llama_server: LlamaSer
     assert _ids(run_dir / "exports" / "chatml" / "train.parquet") == kept
 
 
-def test_unreachable_teacher_gives_rejects_not_a_crash(tmp_path: Path, corpus_docs: Path) -> None:
+def test_unreachable_teacher_gives_pending_not_a_crash(tmp_path: Path, corpus_docs: Path) -> None:
+    """Was ``..._gives_rejects_not_a_crash``: a failure a retry can fix is now pending, not a reject, and the
+    command exits 4 (see test_outage.py for the full outage-then-resume story)."""
+    from datapipe.pending import PENDING_EXIT
     from tests.conftest import free_port
 
     docs = tmp_path / "docs"
@@ -122,11 +125,14 @@ def test_unreachable_teacher_gives_rejects_not_a_crash(tmp_path: Path, corpus_do
     )
     _invoke("extract", str(cfg))
     _invoke("chunk", str(cfg))
-    out = _invoke("generate", str(cfg))
-    assert "teacher_error" in out
+    result = runner.invoke(app, ["generate", str(cfg)], catch_exceptions=False)
+    assert result.exit_code == PENDING_EXIT, result.output
+    assert "teacher_unavailable" in result.output and "Traceback" not in result.output
     rejects = pq.read_table(tmp_path / "runs" / "down" / "rejects" / "generate").to_pylist()
-    assert {r["reason"] for r in rejects} <= {"teacher_error", "over_max_chunks"}
-    assert any("connection error" in r["detail"] for r in rejects)
+    assert {r["reason"] for r in rejects} <= {"over_max_chunks"}
+    pending = pq.read_table(tmp_path / "runs" / "down" / "pending" / "generate").to_pylist()
+    assert pending and {r["reason"] for r in pending} == {"teacher_unavailable"}
+    assert any("connection error" in r["detail"] for r in pending)
 
 
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
