@@ -93,8 +93,7 @@ def _run(cfg: Path) -> Any:
 
 def _cache_keys(root: Path) -> int:
     with sqlite3.connect(root / "runs" / ".cache" / "teacher.sqlite") as db:
-        table = db.execute("select name from sqlite_master where type='table'").fetchone()[0]
-        return int(db.execute(f"select count(*) from {table}").fetchone()[0])
+        return int(db.execute("SELECT count(*) FROM responses").fetchone()[0])
 
 
 def _outcome(store: RunStore) -> dict[str, Any]:
@@ -114,7 +113,12 @@ def _reference(tmp: Path, corpus_docs: Path, outage_root: Path) -> dict[str, Any
     not there (any request it had to send would make it fail)."""
     ref = tmp / "reference"
     (ref / "runs" / ".cache").mkdir(parents=True)
-    shutil.copy(outage_root / "runs" / ".cache" / "teacher.sqlite", ref / "runs" / ".cache" / "teacher.sqlite")
+    # SQLite's backup, not a file copy: answers may still sit in the write-ahead log of an open connection
+    with (
+        sqlite3.connect(outage_root / "runs" / ".cache" / "teacher.sqlite") as src,
+        sqlite3.connect(ref / "runs" / ".cache" / "teacher.sqlite") as dst,
+    ):
+        src.backup(dst)
     cfg = _config(ref, corpus_docs, f"http://127.0.0.1:{free_port()}/v1")
     result = _run(cfg)
     assert result.exit_code == 0, result.output
