@@ -285,7 +285,10 @@ class FilterConfig(_Strict):
         1,
         ge=0,
         description="an answer with more distinct content words found neither in its context nor its question "
-        "(and at least 20% of its content words) is ungrounded; None turns the check off",
+        "(and at least min_unsupported_share of its content words) is ungrounded; None turns the check off",
+    )
+    min_unsupported_share: float = Field(
+        0.25, ge=0, le=1, description="share of the answer's content words that must be unsupported as well"
     )
     max_copy_similarity: float = Field(
         0.9, ge=0, le=1, description="an answer this similar to its question, or covering the chunk, is a copy"

@@ -168,12 +168,14 @@ def build_filters(
     def novel_words(s: Sample) -> Verdict:
         if cfg.max_unsupported_words is None or not s.provenance.context.strip():
             return None
-        novel, n = content.unsupported_words(s.response, support(s))
-        if len(novel) > cfg.max_unsupported_words and len(novel) >= 0.2 * n:
+        lang = cfg.target_language or context_language(s.provenance.context)
+        novel, n = content.unsupported_words(s.response, support(s), lang)
+        if len(novel) > cfg.max_unsupported_words and len(novel) >= cfg.min_unsupported_share * n:
             return (
                 "ungrounded",
                 f"{len(novel)} of the answer's {n} content words are not in the context: {', '.join(novel[:8])} "
-                f"(filter.max_unsupported_words={cfg.max_unsupported_words})",
+                f"(filter.max_unsupported_words={cfg.max_unsupported_words}, "
+                f"min_unsupported_share={cfg.min_unsupported_share})",
             )
         return None
 

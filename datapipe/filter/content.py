@@ -200,7 +200,8 @@ _ROLE_EN = (
 
 
 def _proper_nouns(text: str) -> list[int]:
-    """Offsets of capitalised tokens that are not the first word of a sentence (names, in en/fr)."""
+    """Offsets of the names in a question (en/fr): capitalised words inside a sentence, and a first word
+    that is possessive or followed by another capitalised word."""
     out = []
     for m in re.finditer(r"[^\W\d_][\w'’.-]*", text):
         tok = m.group(0)
@@ -208,7 +209,10 @@ def _proper_nouns(text: str) -> list[int]:
             continue
         before = text[: m.start()].rstrip()
         if not before or before[-1] in '.?!:;"“«(¿¡':
-            continue
+            # a first word is a name when possessive or followed by another capitalised word (Janet's, Norwich City)
+            after = text[m.end() :].lstrip()
+            if not (tok.endswith(("'s", "’s")) or (after[:1].isupper() and not after.startswith("I "))):
+                continue
         out.append(m.start())
     return out
 
@@ -349,12 +353,17 @@ def _all_stopwords() -> frozenset[str]:
     return frozenset(out)
 
 
-def unsupported_words(answer: str, support_text: str) -> tuple[list[str], int]:
+def unsupported_words(answer: str, support_text: str, language: str | None = None) -> tuple[list[str], int]:
     """Distinct content words of the answer found neither in the support text nor as a form of one of its
     words (same first five letters), and how many distinct content words the answer has. Function words
-    (spaCy's lists for en/de/fr/es/it/nl/pt), numbers and words under three letters do not count."""
+    (spaCy's lists for en/de/fr/es/it/nl/pt), numbers, names (capitalised inside a sentence: the name
+    check judges them) and words under three letters do not count."""
     stop = _all_stopwords()
-    content = [w for w in dict.fromkeys(words(answer)) if len(w) >= 3 and w.isalpha() and w not in stop]
+    found = name_candidates(answer, "de" if language == "de" else "xx")  # German capitalises every noun
+    names = {fold(n) for name in found for n in re.findall(r"\w+", name)}
+    content = [
+        w for w in dict.fromkeys(words(answer)) if len(w) >= 3 and w.isalpha() and w not in stop and w not in names
+    ]
     sup = set(words(support_text))
     stems = {w[:5] for w in sup if len(w) >= 5}
     novel = [w for w in content if w not in sup and not (len(w) >= 5 and w[:5] in stems)]
@@ -714,6 +723,9 @@ def unsupported_numbers(answer: str, support_text: str) -> list[str]:
                 end = int(parts[1]) if len(parts[1]) == 4 else start // 100 * 100 + int(parts[1])
                 if _has(sup, start) and _has(sup, end):
                     continue
+                month = int(parts[1]) if len(parts[1]) == 2 else 0
+                if 1 <= month <= 12 and _date_supported((start, month, None), sup):
+                    continue  # 1963-03: a year and month
             bad.append(tok)
         elif not (_num_keys(tok) & sup.keys):
             bad.append(tok)
@@ -768,7 +780,8 @@ def name_candidates(answer: str, language: str | None) -> list[str]:
     out: list[str] = []
     if language in (None, "en"):
         doc = _nlp()(answer)
-        out += [e.text for e in doc.ents if e.label_ in _ENTITY_LABELS]
+        # a lowercase "entity" ("the city council") is a description, not a name: the word check covers it
+        out += [e.text for e in doc.ents if e.label_ in _ENTITY_LABELS and any(c.isupper() for c in e.text)]
     runs: list[list[str]] = []
     prev_end = -1
     for m in re.finditer(r"[^\W\d_][\w'’.-]*\w|[^\W\d_]", answer):
