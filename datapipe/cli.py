@@ -365,6 +365,24 @@ def generate(target: Target = "pipeline.yaml") -> None:
     _stage(run_generate, target)
 
 
+@app.command(name="import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="a .jsonl or .parquet file of samples made elsewhere")],
+    target: Target = "pipeline.yaml",
+    fmt: Annotated[str, typer.Option("--format", help="chatml | sharegpt | alpaca | dpo")] = "chatml",
+    context_field: Annotated[
+        str | None,
+        typer.Option("--context-field", metavar="NAME", help="row field holding the source text the answer must match"),
+    ] = None,
+) -> None:
+    """Bring samples made elsewhere into the run (<run>/imported/), so filter, curate and export work on them.
+
+    Malformed rows become rejects naming their line; importing the same file again changes nothing."""
+    from datapipe.importer import run_import
+
+    _stage(run_import, target, path=file, fmt=fmt, context_field=context_field)
+
+
 @app.command(name="filter")
 def filter_(target: Target = "pipeline.yaml") -> None:
     """Filter samples; drops go to <run>/rejects/ with a reason (<run>/filtered/)."""

@@ -203,10 +203,19 @@ class TaxonomyConfig(_Strict):
 
 
 class JudgeConfig(_Strict):
-    """LLM judge for QA pairs: faithfulness to the context and question quality, each 1-5."""
+    """LLM judge: faithfulness to the context and question/instruction quality, each 1-5, for every kind.
 
-    kinds: list[Literal["instruction", "qa"]] = Field(["qa"], description="sample kinds the judge scores")
-    prompt: str = "qa_judge"
+    By default it is the run's own teacher, i.e. the generator grading itself, a weak judge that
+    shares its own blind spots: name another model or server in ``teacher``."""
+
+    enabled: bool = Field(False, description="score the kept samples with an LLM (one teacher call per sample)")
+    kinds: list[Literal["instruction", "qa"]] = Field(
+        ["instruction", "qa"], description="sample kinds the judge scores"
+    )
+    prompt: str | None = Field(None, description="one rubric for all kinds; default: prompts/<kind>_judge")
+    teacher: TeacherConfig | None = Field(
+        None, description="the judging model (a teacher: section); default: the run's teacher judges itself"
+    )
     min_faithfulness: float = Field(3.0, ge=1, le=5)
     min_quality: float = Field(3.0, ge=1, le=5)
     params: GenerationParams = GenerationParams(max_new_tokens=24, temperature=0.0)
@@ -266,16 +275,36 @@ class FilterConfig(_Strict):
     min_response_tokens: int = Field(3, ge=0, description="tokens of the chunk.model tokenizer")
     max_response_tokens: int = Field(1024, ge=1)
     max_repeated_ngram_ratio: float = Field(0.3, ge=0, le=1, description="share of repeated word 3-grams")
-    languages: list[str] = Field(["en", "de"], description="ISO 639-1 codes kept ([] = any); langdetect")
+    languages: list[str] | None = Field(
+        None, description="optional allow-list of ISO 639-1 codes (wrong_language:<code>); None/[] = any"
+    )
+    target_language: str | None = Field(
+        None, description="ISO 639-1 code every sample must be in; default: its source chunk's language"
+    )
+    language_match: bool = Field(True, description="question and answer in the chunk's (or target) language")
+    self_contained: bool = Field(
+        True, description="closed-book questions must not point at a text the trainee never sees"
+    )
+    check_numbers: bool = Field(True, description="numbers, dates and ordinals in the answer must be in the context")
+    check_entities: bool = Field(True, description="names in the answer must be in the context (or question)")
+    max_unsupported_words: int | None = Field(
+        1,
+        ge=0,
+        description="an answer with more distinct content words found neither in its context nor its question "
+        "(and at least min_unsupported_share of its content words) is ungrounded; None turns the check off",
+    )
+    min_unsupported_share: float = Field(
+        0.25, ge=0, le=1, description="share of the answer's content words that must be unsupported as well"
+    )
     max_copy_similarity: float = Field(
         0.9, ge=0, le=1, description="an answer this similar to its question, or covering the chunk, is a copy"
     )
-    refusal_patterns: list[str] = [
-        r"\bas an ai\b",
-        r"\bi('m| am) (sorry|unable|not able)\b",
-        r"\bi can(no|')t (help|answer|assist)\b",
-        r"\blanguage model\b",
-    ]
+    max_copied_words: int = Field(
+        40, ge=5, description="an answer with a verbatim run of the context this long (in words) copies it"
+    )
+    refusal_patterns: list[str] = Field(
+        [], description="extra regexes on top of the built-in en/de/fr refusal and non-answer phrases"
+    )
     dedup_exact: bool = True
     near_dedup: NearDedupConfig = NearDedupConfig()
     semantic_dedup: SemanticDedupConfig = SemanticDedupConfig()

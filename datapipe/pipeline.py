@@ -457,15 +457,18 @@ def run_generate(
 
 
 def _build_judge(cfg: PipelineConfig, samples: list[Sample]) -> Any:
-    """The QA judge when enabled and some sample is of a judged kind, else None."""
+    """The LLM judge when enabled and some sample is of a judged kind, else None. It runs on
+    ``filter.judge.teacher`` when set, else on the run's own teacher (the generator grading itself)."""
     from datapipe.filter.judge import QAJudge
     from datapipe.generate.prompts import load_prompt
 
     judge_cfg = cfg.filter.judge
-    if not judge_cfg.kinds or not any(s.kind in judge_cfg.kinds for s in samples):
+    kinds = sorted({s.kind for s in samples if s.kind in judge_cfg.kinds})
+    if not judge_cfg.enabled or not kinds:
         return None
     prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
-    return QAJudge(judge_cfg, build_teacher(cfg), load_prompt(judge_cfg.prompt, None, prompts_dir))
+    prompts = {k: load_prompt(judge_cfg.prompt or f"{k}_judge", None, prompts_dir) for k in kinds}
+    return QAJudge(judge_cfg, build_teacher(cfg, judge_cfg.teacher), prompts)
 
 
 def _benchmark_digests(cfg: PipelineConfig) -> list[str]:
@@ -627,14 +630,20 @@ def _single_process_per_sample_steps(cfg: PipelineConfig, samples: list[Sample],
     return kept
 
 
+def _filter_inputs(store: RunStore) -> tuple[list[str], list[Sample]]:
+    """The shards the filter reads: generated samples and imported ones (`datapipe import`), whichever exist."""
+    stages = [st for st in ("generate", "import") if store.read_manifest(st) is not None] or ["generate"]
+    keys = [k for st in stages for k in store.current_keys(st)]
+    return keys, [s for st in stages for s in store.iter_records(st, Sample)]
+
+
 def run_filter(cfg: PipelineConfig, progress: Progress | None = None, map_fn: Any = None) -> dict[str, Any]:
     """One filter shard over all samples (dedup is global); ``map_fn``: see :func:`apply_filters`."""
     progress = progress or NullProgress()
     store = store_for(cfg)
-    in_keys = store.current_keys("generate")
-    samples = list(store.iter_records("generate", Sample))
+    in_keys, samples = _filter_inputs(store)
     judge = _build_judge(cfg, samples)
-    judge_key = [judge.teacher.identity, judge.prompt.hash] if judge else None
+    judge_key = [judge.teacher.identity, judge.prompt_hashes] if judge else None
     cfg_hash = content_id(cfg.section_hash("filter", "chunk"), judge_key, _benchmark_digests(cfg), length=16)
     rec = StageRecorder(store, "filter", cfg_hash)
     key = content_id(in_keys, cfg_hash)

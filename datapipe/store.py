@@ -35,6 +35,7 @@ STAGE_DIRS = {
     "extract": "documents",
     "chunk": "chunks",
     "generate": "samples",
+    "import": "imported",  # samples made elsewhere (`datapipe import`), filtered beside generated ones
     "filter": "filtered",
     "preference": "preferences",
     "curate": "curated",

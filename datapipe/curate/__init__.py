@@ -29,6 +29,7 @@ from statistics import mean
 from typing import TYPE_CHECKING, Any
 
 from datapipe.errors import DatapipeError, TerminalError, TransientError
+from datapipe.filter.scores import SCORE_KEYS
 from datapipe.records import (
     Candidate,
     Curation,
@@ -191,7 +192,7 @@ def _meta_name(key: str) -> str:
 
 def _suggest(sample: Sample) -> tuple[float | None, int | None, str]:
     """Confidence for 'keep' and a 1-5 quality suggestion from the judge scores, and the agent string."""
-    judged = [sample.scores[k] for k in ("faithfulness", "quality") if k in sample.scores]
+    judged = [sample.scores[k] for k in SCORE_KEYS if k in sample.scores]
     passed = "/".join(sorted(k for k, v in sample.verdicts.items() if v == "pass"))
     agent = f"datapipe filters passed: {passed or 'none'}"
     if not judged:

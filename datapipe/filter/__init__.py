@@ -1,14 +1,16 @@
 """Filter: keep samples worth training on; every drop becomes a reject with a reason.
 
 Each filter is a small function ``(sample) -> None`` (keep) or ``(reason, detail)`` (drop).
-Per sample: empty/refusal answers, length bounds (chars and tokens), repetition, language,
-answers that copy the question or the whole chunk; then across samples: exact duplicates
+Per sample: empty/refusal answers, length bounds (chars and tokens), repetition, copies of the
+question or of the context, language, questions that point at an unseen text, numbers/names/words
+the context does not support (``content``); then across samples: exact duplicates
 (here), benchmark decontamination, grounding, near and semantic duplicates (``dedup``,
 ``decontam``, ``grounding``) and the LLM judge (``judge``), wired in ``pipeline.run_filter``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -52,7 +54,9 @@ def build_filters(
 ) -> list[tuple[str, SampleFilter]]:
     from rapidfuzz import fuzz
 
-    refusal = re.compile("|".join(cfg.refusal_patterns), re.IGNORECASE) if cfg.refusal_patterns else None
+    from datapipe.filter import content
+
+    context_language = functools.lru_cache(maxsize=4096)(content.language_of_context)
 
     def empty(s: Sample) -> Verdict:
         if not s.response.strip():
@@ -60,8 +64,8 @@ def build_filters(
         return None
 
     def refusals(s: Sample) -> Verdict:
-        if refusal and (m := refusal.search(s.response)):
-            return "refusal", f"response matches refusal pattern {m.group(0)!r}"
+        if phrase := content.refusal(s.response, cfg.refusal_patterns):
+            return "refusal", f"the response refuses or says the answer is missing: {phrase!r}"
         return None
 
     def lengths(s: Sample) -> Verdict:
@@ -91,14 +95,26 @@ def build_filters(
         return None
 
     def language(s: Sample) -> Verdict:
-        if not cfg.languages:
+        if cfg.languages:
+            found = detect_language(f"{s.instruction}\n{s.response}")
+            if found and found[0] not in cfg.languages and found[1] >= 0.9:
+                return (
+                    f"wrong_language:{found[0]}",
+                    f"detected {found[0]} (p={found[1]:.2f}); filter.languages={cfg.languages}",
+                )
+        if not cfg.language_match:
             return None
-        found = detect_language(f"{s.instruction}\n{s.response}")
-        if found and found[0] not in cfg.languages and found[1] >= 0.9:
-            return (
-                f"wrong_language:{found[0]}",
-                f"detected {found[0]} (p={found[1]:.2f}); filter.languages={cfg.languages}",
-            )
+        expected = cfg.target_language or context_language(s.provenance.context)
+        if not expected:
+            return None
+        source = "filter.target_language" if cfg.target_language else "its source chunk"
+        for part, text in (("question", _user_text(s)), ("answer", s.response)):
+            other = content.other_language(text, expected)
+            if other:
+                return (
+                    "language_mismatch",
+                    f"the {part} is in {other[0]} (p={other[1]:.2f}), {source} in {expected}",
+                )
         return None
 
     def copies(s: Sample) -> Verdict:
@@ -110,6 +126,57 @@ def build_filters(
             ctx_words, ans_words = set(context.split()), set(answer.split())
             if len(ctx_words & ans_words) / max(1, len(ctx_words)) >= cfg.max_copy_similarity:
                 return "copies_context", "the response reproduces the whole source chunk"
+        if context and not content.carries_context(s):
+            span = content.longest_copied_span(s.response, s.provenance.context)
+            n_ctx = len(context.split())
+            if span >= cfg.max_copied_words or (span >= 15 and span >= 0.6 * n_ctx):
+                return (
+                    "copies_context",
+                    f"the response repeats {span} words of the context verbatim "
+                    f"(filter.max_copied_words={cfg.max_copied_words}; the context has {n_ctx})",
+                )
+        return None
+
+    def self_contained(s: Sample) -> Verdict:
+        if not cfg.self_contained or content.carries_context(s):
+            return None
+        if phrase := content.context_pointer(_user_text(s)):
+            return (
+                "not_self_contained",
+                f"the question points at a text the trainee never sees: {phrase!r}; name the subject instead",
+            )
+        return None
+
+    def support(s: Sample) -> str:
+        return f"{s.provenance.context}\n{_user_text(s)}"
+
+    def numbers(s: Sample) -> Verdict:
+        if not cfg.check_numbers or not s.provenance.context.strip():
+            return None
+        if bad := content.unsupported_numbers(s.response, support(s)):
+            return "unsupported_number", f"not in the context: {', '.join(bad[:5])}"
+        return None
+
+    def entities(s: Sample) -> Verdict:
+        if not cfg.check_entities or not s.provenance.context.strip():
+            return None
+        lang = cfg.target_language or context_language(s.provenance.context)
+        if bad := content.unsupported_entities(s.response, support(s), lang):
+            return "unsupported_entity", f"not in the context: {', '.join(bad[:5])}"
+        return None
+
+    def novel_words(s: Sample) -> Verdict:
+        if cfg.max_unsupported_words is None or not s.provenance.context.strip():
+            return None
+        lang = cfg.target_language or context_language(s.provenance.context)
+        novel, n = content.unsupported_words(s.response, support(s), lang)
+        if len(novel) > cfg.max_unsupported_words and len(novel) >= cfg.min_unsupported_share * n:
+            return (
+                "ungrounded",
+                f"{len(novel)} of the answer's {n} content words are not in the context: {', '.join(novel[:8])} "
+                f"(filter.max_unsupported_words={cfg.max_unsupported_words}, "
+                f"min_unsupported_share={cfg.min_unsupported_share})",
+            )
         return None
 
     return [
@@ -120,7 +187,16 @@ def build_filters(
         ("repetition", repetition),
         ("copy", copies),
         ("language", language),
+        ("self_contained", self_contained),
+        ("numbers", numbers),
+        ("entities", entities),
+        ("unsupported_words", novel_words),
     ]
+
+
+def _user_text(s: Sample) -> str:
+    """The user turns (the question; several in a multi-turn sample), or the instruction."""
+    return "\n".join(m.content for m in s.messages if m.role == "user") or s.instruction
 
 
 def exact_duplicate(s: Sample, seen: dict[str, str]) -> Verdict:

@@ -1,8 +1,10 @@
-"""LLM-as-judge for question/answer pairs: faithfulness to the context and question quality.
+"""LLM-as-judge for every sample kind: faithfulness to the context and question/instruction quality.
 
-Scores (1-5) land in ``sample.scores`` and the judge's call in the sample's provenance.
-Below-threshold pairs become ``low_faithfulness`` / ``low_quality`` rejects; a judge
-reply that does not parse is a ``judge_parse_error`` reject with the raw text kept.
+Each kind has its own rubric (``prompts/<kind>_judge``). Scores (1-5) land in ``sample.scores`` under
+:data:`datapipe.filter.scores.SCORE_KEYS` (the one convention that curate, the report and exports read) and the judge's
+call in the sample's provenance. Below-threshold samples become ``low_faithfulness`` /
+``low_quality`` rejects; a judge reply that does not parse is a ``judge_parse_error`` reject with
+the raw text kept.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 
 from datapipe.config import JudgeConfig
 from datapipe.errors import TeacherError
+from datapipe.filter.scores import score_key
 from datapipe.generate.prompts import Prompt
 from datapipe.reasons import teacher_failure
 from datapipe.records import Reject, Sample, TeacherCall
@@ -45,17 +48,24 @@ def parse_scores(text: str) -> dict[str, float]:
 
 
 class QAJudge:
-    def __init__(self, cfg: JudgeConfig, teacher: Teacher, prompt: Prompt) -> None:
+    """The judge: one prompt for all kinds, or a rubric per kind (``{"qa": ..., "instruction": ...}``)."""
+
+    def __init__(self, cfg: JudgeConfig, teacher: Teacher, prompt: Prompt | dict[str, Prompt]) -> None:
         self.cfg = cfg
         self.teacher = teacher
-        self.prompt = prompt
+        self.prompts = prompt if isinstance(prompt, dict) else {k: prompt for k in cfg.kinds}
+
+    @property
+    def prompt_hashes(self) -> dict[str, str]:
+        return {k: p.hash for k, p in sorted(self.prompts.items())}
 
     def applies_to(self, sample: Sample) -> bool:
-        return sample.kind in self.cfg.kinds
+        return sample.kind in self.cfg.kinds and sample.kind in self.prompts
 
     async def judge(self, sample: Sample) -> Sample | Reject:
         context = sample.provenance.context
-        messages = self.prompt.render(context=context, question=sample.instruction, answer=sample.response)
+        prompt = self.prompts[sample.kind]
+        messages = prompt.render(context=context, question=sample.instruction, answer=sample.response)
 
         def reject(reason: str, detail: str, raw: str = "") -> Reject:
             payload = json.dumps({"sample": json.loads(sample.model_dump_json()), "judge_output": raw})
@@ -80,9 +90,9 @@ class QAJudge:
         sample.provenance.teacher_calls.append(
             TeacherCall(
                 step="judge",
-                prompt_name=self.prompt.name,
-                prompt_version=self.prompt.version,
-                prompt_hash=self.prompt.hash,
+                prompt_name=prompt.name,
+                prompt_version=prompt.version,
+                prompt_hash=prompt.hash,
                 backend=ident["backend"],
                 model=ident["model"],
                 params=self.cfg.params.model_dump_json(),
@@ -92,7 +102,7 @@ class QAJudge:
                 cached=resp.cached,
             )
         )
-        sample.scores.update({f"judge_{k}": v for k, v in scores.items()})
+        sample.scores.update({score_key(k): v for k, v in scores.items()})
         if scores["faithfulness"] < self.cfg.min_faithfulness:
             return reject(
                 "low_faithfulness",

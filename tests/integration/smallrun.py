@@ -45,7 +45,7 @@ def make_small_run(
             "question_params": {"max_new_tokens": 40},
             "answer_params": {"max_new_tokens": 48},
         },
-        filter={"judge": {"kinds": ["instruction"]}},
+        filter={"judge": {"enabled": True, "kinds": ["instruction"]}},
     )
     result = CliRunner().invoke(app, ["run", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from datapipe.cli import app
 from datapipe.curate import curated_samples, load_decisions
+from datapipe.filter.scores import FAITHFULNESS, QUALITY
 from datapipe.records import Message, Sample
 from datapipe.store import RunStore
 from tests.conftest import REPO, free_port
@@ -71,7 +72,7 @@ def _samples() -> list[Sample]:
         if i >= 35:
             p = s.provenance.model_copy(update={"taxonomy_path": "knowledge/handbook/leave", "leaf_kind": "knowledge"})
             s = s.model_copy(
-                update={"kind": "qa", "provenance": p, "scores": {"faithfulness": 4.0, "quality": float(1 + i % 5)}}
+                update={"kind": "qa", "provenance": p, "scores": {FAITHFULNESS: 4.0, QUALITY: float(1 + i % 5)}}
             )
         s.verdicts.update({"heuristics": "pass", "dedup_exact": "pass"})
         out.append(s)
@@ -155,7 +156,7 @@ def test_push_creates_one_dataset_per_kind_and_pushing_again_adds_nothing(run: P
     assert set(records) == {f"sample-{i:05d}" for i in range(35, 50)}
     rec = records["sample-00037"]
     assert rec["metadata"]["taxonomy_path"] == "knowledge/handbook/leave"
-    assert rec["metadata"]["score_quality"] == 3.0 and rec["metadata"]["source"] == "/docs/handbook-1.pdf"
+    assert rec["metadata"]["score_judge_quality"] == 3.0 and rec["metadata"]["source"] == "/docs/handbook-1.pdf"
     suggestions = {s["question_id"]: s for s in rec["suggestions"]}
     values = sorted(str(s["value"]) for s in suggestions.values())
     assert "keep" in values and "4" in values  # keep, and quality round(mean(faithfulness 4, quality 3))
@@ -178,14 +179,14 @@ def test_a_changed_sample_is_updated_in_place(run: Path, argilla: Any) -> None:
     key = store.current_keys("filter")[0]
     samples = store.read_shard("filter", key, Sample)
     changed = [
-        s.model_copy(update={"scores": {**s.scores, "quality": 5.0}}) if s.id == "sample-00040" else s for s in samples
+        s.model_copy(update={"scores": {**s.scores, QUALITY: 5.0}}) if s.id == "sample-00040" else s for s in samples
     ]
     store.write_shard("filter", key, Sample.to_table(changed), store.read_shard_rejects("filter", key))
     try:
         assert _cli("curate", "push", str(run)).exit_code == 0
         records = {r["external_id"]: r for r in _records(argilla, "exp-qa")}
         assert len(records) == 15
-        assert records["sample-00040"]["metadata"]["score_quality"] == 5.0
+        assert records["sample-00040"]["metadata"]["score_judge_quality"] == 5.0
     finally:
         store.write_shard("filter", key, Sample.to_table(samples), store.read_shard_rejects("filter", key))
 

@@ -48,6 +48,7 @@ def qa_run(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> RunStore:
             "leaves": [CHICKADEE, INCLUSION],
             "repo_map": {REPO: str(shared / "taxonomy-instructlab-docs" / "Summit_knowledge.bundle")},
         },
+        filter={"judge": {"enabled": True}},
     )
     result = runner.invoke(app, ["run", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -134,7 +135,7 @@ def test_judge_thresholds_through_a_real_server(
     )
     with FaultProxy(llama_server.base_url.removesuffix("/v1"), free_port(), [f"content:{reply}"]) as proxy:
         teacher = Teacher(TeacherConfig(backend="openai", model="smollm2", base_url=proxy.base_url, cache=False))
-        judge = QAJudge(JudgeConfig(), teacher, load_prompt("qa_judge"))
+        judge = QAJudge(JudgeConfig(enabled=True), teacher, load_prompt("qa_judge"))
         [out] = judge.run([sample])
     if reason is None:
         assert isinstance(out, Sample) and out.scores == scores and out.verdicts["judge"] == "pass"

@@ -64,8 +64,11 @@ def test_answer_parsing() -> None:
         task.format_output("  Answer:  ", {})
 
 
+CONTEXT = "Norwich City was founded in 1902. The club has played at Carrow Road since 1935."
+
+
 def _sample(i: int, instruction: str, response: str) -> Sample:
-    return make_sample(f"s{i}", instruction, response)
+    return make_sample(f"s{i}", instruction, response, CONTEXT)
 
 
 def test_filters_keep_good_and_reject_with_reasons() -> None:

@@ -32,6 +32,15 @@ NORWICH = (
 )
 
 
+# the content checks (test_content_filters.py) off, so these samples reach decontamination and embedding grounding
+PLUMBING: dict[str, object] = {
+    "check_numbers": False,
+    "check_entities": False,
+    "max_unsupported_words": None,
+    "self_contained": False,
+}
+
+
 def sample(i: int | str, q: str, a: str, context: str = NORWICH, kind: str = "instruction") -> Sample:
     return make_sample(f"s{i}", q, a, context, kind, source_path="norwich-city.txt")  # type: ignore[arg-type]
 
@@ -138,16 +147,16 @@ def test_grounding_rejects_unsupported_answers(model: object) -> None:
     ("q", "a", "reason"),
     [
         pytest.param(
-            "Wann wurde der Verein gegründet?",
-            "Der Verein wurde im Jahr 1902 in Norwich gegründet.",
-            None,
-            id="german-kept",
+            "Wann wurde Norwich City gegründet?",
+            "Norwich City wurde im Jahr 1902 in Norwich gegründet.",
+            "language_mismatch",
+            id="german-sample-english-chunk",
         ),
         pytest.param(
-            "Quand le club a-t-il été fondé ?",
-            "Le club a été fondé en 1902 à Norwich, en Angleterre.",
-            "wrong_language:fr",
-            id="french-rejected",
+            "Quand Norwich City a-t-il été fondé ?",
+            "Norwich City a été fondé en 1902 à Norwich, en Angleterre.",
+            "language_mismatch",
+            id="french-sample-english-chunk",
         ),
         pytest.param(
             "When was the club founded in Norwich?",
@@ -183,9 +192,10 @@ def test_apply_filters_accounts_for_every_sample(shared: Path, tmp_path: Path) -
         sources=["x"],
         base_dir=tmp_path,
         filter=FilterConfig(
+            **PLUMBING,
             decontamination=DecontaminationConfig(
                 benchmarks=[BenchmarkConfig(name="gsm8k", path=str(shared / "benchmarks" / "gsm8k" / "test.jsonl"))]
-            )
+            ),
         ),
     )
     samples = [
@@ -215,6 +225,7 @@ def test_the_distributed_filter_gives_the_single_process_verdicts(shared: Path, 
         sources=["x"],
         base_dir=tmp_path,
         filter=FilterConfig(
+            **PLUMBING,
             min_response_tokens=3,
             near_dedup=NearDedupConfig(partitions=2, slice_size=2),
             decontamination=DecontaminationConfig(
