@@ -35,6 +35,7 @@ class Sentence:
     page: int | None
     heading: str | None
     is_title: bool
+    heading_path: tuple[str, ...] = ()
 
 
 def default_model_path() -> str:
@@ -83,7 +84,16 @@ def split_sentences(doc: Document) -> list[Sentence]:
             if stripped:
                 lead = len(piece) - len(piece.lstrip())
                 s = span.start + pos + lead
-                out.append(Sentence(s, s + len(stripped), span.page, span.heading, span.category == "Title"))
+                out.append(
+                    Sentence(
+                        s,
+                        s + len(stripped),
+                        span.page,
+                        span.heading,
+                        span.category == "Title",
+                        tuple(span.heading_path),
+                    )
+                )
             if m:
                 pos = m.end()
     return out
@@ -105,7 +115,7 @@ def _split_long(
         for i in range(0, len(words), per):
             group = words[i : i + per]
             a, b = s.start + group[0].start(), s.start + group[-1].end()
-            out_s.append(Sentence(a, b, s.page, s.heading, s.is_title))
+            out_s.append(Sentence(a, b, s.page, s.heading, s.is_title, s.heading_path))
             out_n.append(count_tokens(tokenizer, [doc.text[a:b]])[0])
     return out_s, out_n
 
@@ -179,6 +189,8 @@ class SemanticChunker:
             n_tokens=n_tokens,
             n_sentences=len(sents),
             taxonomy_path=doc.taxonomy_path,
+            heading_path=list(sents[0].heading_path) or ([sents[0].heading] if sents[0].heading else []),
+            document_title=doc.title,
         )
 
 
