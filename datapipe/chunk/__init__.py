@@ -176,6 +176,8 @@ class SemanticChunker:
     def _make_chunk(self, doc: Document, sents: list[Sentence], n_tokens: int, index: int) -> Chunk:
         start, end = sents[0].start, sents[-1].end
         pages = sorted({s.page for s in sents if s.page is not None})
+        # the section of the chunk's first sentence of text: a chunk opening with titles is about the last one
+        body = next((s for s in sents if not s.is_title), sents[0])
         return Chunk(
             id=content_id(doc.id, start, end, self.config_hash),
             document_id=doc.id,
@@ -189,7 +191,7 @@ class SemanticChunker:
             n_tokens=n_tokens,
             n_sentences=len(sents),
             taxonomy_path=doc.taxonomy_path,
-            heading_path=list(sents[0].heading_path) or ([sents[0].heading] if sents[0].heading else []),
+            heading_path=list(body.heading_path) or ([body.heading] if body.heading else []),
             document_title=doc.title,
         )
 
