@@ -352,7 +352,12 @@ def test_embedded_teacher_run_with_both_formats_and_conversations(tmp_path: Path
     store = RunStore(tmp_path / "runs" / "formats")
     samples = list(store.iter_records("generate", Sample))
     rejects = [r for k in store.current_keys("generate") for r in store.read_shard_rejects("generate", k)]
-    assert samples or rejects
+    capped = {r.record_id for r in rejects if r.reason == "over_max_chunks"}
+    sent = {c.id for c in store.iter_records("chunk", Chunk)} - capped
+    accounted = {s.provenance.chunk_id for s in samples} | {
+        json.loads(r.payload or "{}").get("chunk_id") for r in rejects
+    }
+    assert len(sent) == 4 and sent <= accounted  # every chunk sent to the teacher gave samples or rejects
     for s in samples:
         assert s.context_in_row == (s.training_format == "open_book")
         if s.context_in_row:
