@@ -95,11 +95,13 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
                     continue
                 q_est.cached += 1
                 try:
-                    questions = instr.questions.format_output(hit["text"], row)["questions"]
+                    typed = instr.questions.typed_questions(hit["text"])
                 except ParseError:
                     continue
-                for q in questions:
-                    a_msgs = instr.answers.format_input({**row, "question": q})
+                questions = [q for _, q in instr.dedup_questions(typed, row)[0]]  # as the run asks them
+                for i, q in enumerate(questions):
+                    open_book = instr.formats[(c.index + i) % len(instr.formats)] == "open_book"
+                    a_msgs = instr.answers.format_input({**row, "question": q, "open_book": open_book})
                     if cache and cache.get(teacher.request_key(a_msgs, gen.answer_params)) is not None:
                         a_est.cached += 1
                     else:
