@@ -181,8 +181,54 @@ class PreferenceConfig(_Strict):
         return self
 
 
+TrainingFormat = Literal["closed_book", "open_book"]
+
+
+class OpenBookConfig(_Strict):
+    """Open-book (RAG) samples: the user turn carries the source chunk among distractor chunks (RAFT-style)."""
+
+    distractors: int = Field(2, ge=0, le=10, description="chunks of other documents shown beside the source chunk")
+    seed: int = Field(0, description="seeds the choice of distractors and the order of the documents in a row")
+    context_prompt: str = Field("open_book_context", description="template of the user turn (documents + question)")
+
+
+class MultiTurnConfig(_Strict):
+    """Conversations: follow-up questions grounded in the same chunk or its neighbours."""
+
+    turns: int = Field(1, ge=1, le=8, description="user/assistant turns per conversation (1: single-turn samples)")
+    share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of chunks (a stable choice by chunk id) whose first question opens a "
+        "conversation; their other questions and other chunks stay single-turn",
+    )
+    neighbours: int = Field(1, ge=0, le=3, description="chunks before and after the source chunk the follow-ups see")
+    followup_prompt: str = "instruction_followup"
+
+
 class GenerateConfig(_Strict):
     kinds: list[Literal["instruction", "qa"]] = ["instruction"]
+    formats: dict[Literal["instruction", "qa"], list[TrainingFormat]] = Field(
+        {"instruction": ["closed_book"], "qa": ["closed_book"]},
+        description="training formats per kind; with several, a chunk's questions are dealt to them in turn "
+        "(qa: closed_book only)",
+    )
+    open_book: OpenBookConfig = OpenBookConfig()
+    multi_turn: MultiTurnConfig = MultiTurnConfig()
+    question_types: list[str] = Field(
+        ["fact", "explanation", "procedure", "comparison"], description="kinds of question the teacher is asked for"
+    )
+    question_dedup: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="a chunk's question this similar (rapidfuzz ratio) to an earlier one is dropped "
+        "before its answer is requested (duplicate_question); 1: only exact repeats",
+    )
+    language: str | None = Field(
+        None, description="language of questions and answers, e.g. German; default: the source chunk's language"
+    )
     questions_per_chunk: int = Field(2, ge=1, le=20)
     max_chunks: int | None = Field(None, ge=1, description="cap on chunks sent to the teacher (for quick runs)")
     question_prompt: str = "instruction_questions"
@@ -192,6 +238,19 @@ class GenerateConfig(_Strict):
     answer_params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.3)
     qa: QAConfig = QAConfig()
     preference: PreferenceConfig = PreferenceConfig()
+
+    @model_validator(mode="after")
+    def _formats(self) -> GenerateConfig:
+        for kind, fmts in self.formats.items():
+            if not fmts:
+                raise ValueError(f"generate.formats.{kind}: list at least one of closed_book, open_book")
+        if "open_book" in self.formats.get("qa", []):
+            raise ValueError("generate.formats.qa: taxonomy QA is generated closed_book only")
+        return self
+
+    def formats_of(self, kind: str) -> list[str]:
+        """The training formats of ``kind``, in the order questions are dealt to them."""
+        return list(dict.fromkeys(self.formats.get(kind) or ["closed_book"]))
 
 
 class TaxonomyConfig(_Strict):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from datapipe.config import PipelineConfig
-from datapipe.records import Chunk, content_id
+from datapipe.records import Chunk
 from datapipe.teacher.budget import estimate_tokens
 
 
@@ -40,13 +40,19 @@ class StepEstimate:
 
 def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
     """Teacher calls and tokens the next run would need (after extract and chunk have run)."""
-    from datapipe.generate.instruction import InstructionGenerator, ParseError
-    from datapipe.generate.prompts import load_prompt
-    from datapipe.pipeline import build_teacher, load_leaves, select_chunks, store_for
+    from datapipe.generate.instruction import ParseError
+    from datapipe.pipeline import (
+        build_teacher,
+        instruction_generator,
+        instruction_shard_key,
+        load_leaves,
+        pick_distractors,
+        select_chunks,
+        store_for,
+    )
 
     store = store_for(cfg)
     gen = cfg.generate
-    prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
     teacher = build_teacher(cfg)  # not started: no model is loaded, no request is sent
     cache = teacher.cache
     shards = [(k, store.read_shard("chunk", k, Chunk)) for k in store.current_keys("chunk")]
@@ -57,24 +63,23 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
     avg_context = 0
 
     if "instruction" in gen.kinds:
-        qp = load_prompt(gen.question_prompt, gen.prompt_version, prompts_dir)
-        ap = load_prompt(gen.answer_prompt, gen.prompt_version, prompts_dir)
-        instr = InstructionGenerator(gen, teacher, qp, ap)
+        instr = instruction_generator(cfg, teacher)
         ihash = instr.config_hash()
         selected = select_chunks(plain, gen.max_chunks)
+        distractors = pick_distractors(plain, selected, gen) if instr.context_prompt else {}
         q_est = StepEstimate("instruction questions")
         a_est = StepEstimate("instruction answers")
         contexts = []
         for in_key, chunks in plain:
             chosen = [c for c in chunks if c.id in selected]
-            key = content_id(in_key, ihash, sorted(c.id for c in chosen))  # as run_generate keys its shards
+            key = instruction_shard_key(in_key, ihash, chosen, distractors)  # as run_generate keys its shards
             if store.has_shard("generate", key):
                 shard_counts["reused"] += 1
                 continue
             shard_counts["to_generate"] += 1
             for c in chosen:
                 contexts.append(len(c.text))
-                row = {"context": c.text, "heading": c.heading}
+                row = instr.base_row(c)
                 q_msgs = instr.questions.format_input(row)
                 hit = cache.get(teacher.request_key(q_msgs, gen.question_params)) if cache else None
                 if hit is None:
@@ -90,11 +95,13 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
                     continue
                 q_est.cached += 1
                 try:
-                    questions = instr.questions.format_output(hit["text"], row)["questions"]
+                    typed = instr.questions.typed_questions(hit["text"])
                 except ParseError:
                     continue
-                for q in questions:
-                    a_msgs = instr.answers.format_input({**row, "question": q})
+                questions = [q for _, q in instr.dedup_questions(typed, row)[0]]  # as the run asks them
+                for i, q in enumerate(questions):
+                    open_book = instr.formats[(c.index + i) % len(instr.formats)] == "open_book"
+                    a_msgs = instr.answers.format_input({**row, "question": q, "open_book": open_book})
                     if cache and cache.get(teacher.request_key(a_msgs, gen.answer_params)) is not None:
                         a_est.cached += 1
                     else:
@@ -103,6 +110,16 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
         if not a_est.exact:
             a_est.note = f"at most {gen.questions_per_chunk} per chunk whose questions are not cached"
         steps += [q_est, a_est]
+        if gen.multi_turn.turns > 1:
+            f_est = StepEstimate("instruction follow-ups", exact=False, note="cache not consulted; approximate")
+            for c in (c for _, cs in plain for c in cs if c.id in selected and instr.converses(c)):
+                row = {**instr.base_row(c), "conversation": [{"question": "x" * 80, "answer": "x" * 200}]}
+                n = gen.multi_turn.turns - 1
+                f_est.add_call(instr.followups.format_input(row), gen.question_params.max_new_tokens, n)
+                f_est.add_call(
+                    instr.answers.format_input({**row, "question": "x" * 80}), gen.answer_params.max_new_tokens, n
+                )
+            steps.append(f_est)
         avg_context = int(sum(contexts) / len(contexts)) if contexts else 0
 
     if "qa" in gen.kinds:

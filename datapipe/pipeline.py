@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -323,7 +324,6 @@ def run_generate(
 ) -> dict[str, Any]:
     """Generate samples per chunk shard (instruction) and per taxonomy leaf (qa). ``part``/``done_elsewhere``:
     see :func:`run_extract`; a part also returns its teacher statistics, which the driver adds up."""
-    from datapipe.generate.instruction import InstructionGenerator
     from datapipe.generate.prompts import load_prompt
     from datapipe.generate.qa import QAGenerator
 
@@ -339,15 +339,14 @@ def run_generate(
 
     hashes = []
     if "instruction" in gen_cfg.kinds:
-        qp = load_prompt(gen_cfg.question_prompt, gen_cfg.prompt_version, prompts_dir)
-        ap = load_prompt(gen_cfg.answer_prompt, gen_cfg.prompt_version, prompts_dir)
-        instr = InstructionGenerator(gen_cfg, teacher, qp, ap)
+        instr = instruction_generator(cfg, teacher)
         ihash = instr.config_hash()
         hashes.append(ihash)
         selected = select_chunks(plain, gen_cfg.max_chunks)
+        distractors = pick_distractors(plain, selected, gen_cfg) if instr.context_prompt else {}
         for in_key, chunks in plain:
             chosen = [c for c in chunks if c.id in selected]
-            key = content_id(in_key, ihash, sorted(c.id for c in chosen))
+            key = instruction_shard_key(in_key, ihash, chosen, distractors)
 
             async def instruction_job(
                 chunks: list[Chunk] = chunks, chosen: list[Chunk] = chosen
@@ -367,7 +366,7 @@ def run_generate(
                 progress.advance("generate", len(chunks) - len(chosen))
 
                 async def per_chunk(c: Chunk) -> tuple[list[Sample], list[Reject]]:
-                    out = await instr.for_chunk(c)
+                    out = await instr.for_chunk(c, chunks, distractors.get(c.id, []))
                     progress.advance("generate")
                     return out
 
@@ -452,8 +451,78 @@ def run_generate(
         written, n_pending = pending.get(key, (key, 0))
         rec.add(written, inputs, n_in, n_out, n_rej, seconds, reused, n_pending)
     rec.extra["teacher"] = teacher_record(teacher, stats_elsewhere)
+    if "instruction" in gen_cfg.kinds:
+        rec.extra["question_dedup"] = question_dedup_record(store, [key for key, _, _, _ in jobs])
     progress.done("generate")
     return rec.finish()
+
+
+def instruction_generator(cfg: PipelineConfig, teacher: Any) -> Any:
+    """The instruction generator with its prompts: question and answer at ``generate.prompt_version``; the
+    follow-up and open-book context prompts (newest version) only when multi-turn or open-book is on."""
+    from datapipe.generate.instruction import InstructionGenerator
+    from datapipe.generate.prompts import load_prompt
+
+    gen = cfg.generate
+    prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
+    qp = load_prompt(gen.question_prompt, gen.prompt_version, prompts_dir)
+    ap = load_prompt(gen.answer_prompt, gen.prompt_version, prompts_dir)
+    fp = load_prompt(gen.multi_turn.followup_prompt, None, prompts_dir) if gen.multi_turn.turns > 1 else None
+    open_book = "open_book" in gen.formats_of("instruction")
+    cp = load_prompt(gen.open_book.context_prompt, None, prompts_dir) if open_book else None
+    return InstructionGenerator(gen, teacher, qp, ap, fp, cp)
+
+
+def pick_distractors(shards: list[tuple[str, list[Chunk]]], selected: set[str], gen: Any) -> dict[str, list[Chunk]]:
+    """Open-book distractors per selected chunk: ``generate.open_book.distractors`` chunks of other documents,
+    drawn by a generator seeded with ``open_book.seed`` and the chunk id from all chunks sorted by id (the
+    same sources give the same rows). Fewer when the other documents have fewer chunks; none with one document."""
+    import random
+    from collections import Counter
+
+    pool = sorted((c for _, cs in shards for c in cs), key=lambda c: c.id)
+    per_doc = Counter(c.document_id for c in pool)
+    k = gen.open_book.distractors
+    out: dict[str, list[Chunk]] = {}
+    for c in (c for _, cs in shards for c in cs if c.id in selected):
+        want = min(k, len(pool) - per_doc[c.document_id])
+        rng = random.Random(content_id(gen.open_book.seed, c.id))
+        picked: dict[str, Chunk] = {}
+        for _ in range(20 * want):  # draws from the whole pool: no list of other chunks per chunk
+            if len(picked) >= want:
+                break
+            d = pool[rng.randrange(len(pool))]
+            if d.document_id != c.document_id:
+                picked.setdefault(d.id, d)
+        if len(picked) < want:  # this document holds most chunks: draw from the others explicitly
+            others = [d for d in pool if d.document_id != c.document_id and d.id not in picked]
+            for d in rng.sample(others, want - len(picked)):
+                picked[d.id] = d
+        out[c.id] = list(picked.values())
+    return out
+
+
+def instruction_shard_key(in_key: str, ihash: str, chosen: list[Chunk], distractors: dict[str, list[Chunk]]) -> str:
+    """A generate shard's key: its chunk shard, the generator's config and prompts, the chunks sent to the
+    teacher and (open-book) the distractors shown with them."""
+    ids = sorted(c.id for c in chosen)
+    if not distractors:
+        return content_id(in_key, ihash, ids)
+    return content_id(in_key, ihash, ids, {c: [d.id for d in distractors.get(c, [])] for c in ids})
+
+
+def question_dedup_record(store: RunStore, keys: list[str]) -> dict[str, int]:
+    """Near-duplicate questions dropped before their answers were requested, and the answer tokens (estimated
+    input + max_new_tokens) that saved, over the run's current generate shards."""
+    dropped = saved = 0
+    for key in keys:
+        if not store.has_shard("generate", key):
+            continue
+        for r in store.read_shard_rejects("generate", key):
+            if r.reason == "duplicate_question":
+                dropped += 1
+                saved += int(json.loads(r.payload or "{}").get("answer_tokens_saved", 0))
+    return {"dropped": dropped, "answer_tokens_saved": saved}
 
 
 def _build_judge(cfg: PipelineConfig, samples: list[Sample]) -> Any:

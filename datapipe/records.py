@@ -47,6 +47,7 @@ class Span(BaseModel):
     page: int | None = None
     category: str = "Text"
     heading: str | None = None
+    heading_path: list[str] = []  # enclosing section titles, outermost first (the last one is ``heading``)
 
 
 _SPAN = pa.struct(
@@ -56,6 +57,7 @@ _SPAN = pa.struct(
         ("page", pa.int32()),
         ("category", pa.string()),
         ("heading", pa.string()),
+        ("heading_path", pa.list_(pa.string())),
     ]
 )
 
@@ -71,6 +73,7 @@ class Document(Record):
     n_pages: int | None = None
     bytes_sha256: str
     taxonomy_path: str | None = None
+    title: str | None = None  # the document's title: its first top-level Title element, if any
 
     schema_ = pa.schema(
         [
@@ -82,6 +85,7 @@ class Document(Record):
             ("n_pages", pa.int32()),
             ("bytes_sha256", pa.string()),
             ("taxonomy_path", pa.string()),
+            ("title", pa.string()),
         ]
     )
 
@@ -101,6 +105,8 @@ class Chunk(Record):
     n_tokens: int
     n_sentences: int
     taxonomy_path: str | None = None
+    heading_path: list[str] = []  # section titles enclosing the chunk's first sentence, outermost first
+    document_title: str | None = None
 
     schema_ = pa.schema(
         [
@@ -116,6 +122,8 @@ class Chunk(Record):
             ("n_tokens", pa.int32()),
             ("n_sentences", pa.int32()),
             ("taxonomy_path", pa.string()),
+            ("heading_path", pa.list_(pa.string())),
+            ("document_title", pa.string()),
         ]
     )
 
@@ -205,6 +213,10 @@ class Provenance(BaseModel):
     context: str
     teacher_calls: list[TeacherCall]
     curation: Curation | None = None
+    document_title: str | None = None
+    heading_path: list[str] = []
+    neighbour_chunk_ids: list[str] = []  # multi-turn: chunks next to chunk_id whose text is in ``context`` too
+    distractor_chunk_ids: list[str] = []  # open-book: other documents' chunks shown in the user turn
 
 
 _PROVENANCE = pa.struct(
@@ -221,12 +233,24 @@ _PROVENANCE = pa.struct(
         ("context", pa.string()),
         ("teacher_calls", pa.list_(_TEACHER_CALL)),
         ("curation", _CURATION),
+        ("document_title", pa.string()),
+        ("heading_path", pa.list_(pa.string())),
+        ("neighbour_chunk_ids", pa.list_(pa.string())),
+        ("distractor_chunk_ids", pa.list_(pa.string())),
     ]
 )
 
 
 class Sample(Record):
-    """One training example with everything needed to trace it back to its source."""
+    """One training example with everything needed to trace it back to its source.
+
+    ``instruction`` and ``response`` are the last user and assistant turns of ``messages`` (a
+    multi-turn conversation has earlier turns in ``messages`` only). ``training_format`` is
+    ``closed_book`` (the question stands alone: the model must know the answer) or ``open_book``
+    (the user turn carries the source chunk among distractor chunks); ``context_in_row`` is True
+    exactly when the context travels in the row, so checks for questions that point at a text
+    the model never sees must skip such samples.
+    """
 
     id: str
     kind: Literal["instruction", "qa"]
@@ -236,6 +260,9 @@ class Sample(Record):
     provenance: Provenance
     verdicts: dict[str, str] = {}
     scores: dict[str, float] = {}
+    training_format: Literal["closed_book", "open_book"] = "closed_book"
+    context_in_row: bool = False
+    question_type: str | None = None  # fact, explanation, ... as the teacher labelled the (first) question
 
     schema_ = pa.schema(
         [
@@ -247,6 +274,9 @@ class Sample(Record):
             ("provenance", _PROVENANCE),
             ("verdicts", pa.map_(pa.string(), pa.string())),
             ("scores", pa.map_(pa.string(), pa.float64())),
+            ("training_format", pa.string()),
+            ("context_in_row", pa.bool_()),
+            ("question_type", pa.string()),
         ]
     )
 

@@ -35,6 +35,7 @@ class Sentence:
     page: int | None
     heading: str | None
     is_title: bool
+    heading_path: tuple[str, ...] = ()
 
 
 def default_model_path() -> str:
@@ -83,7 +84,16 @@ def split_sentences(doc: Document) -> list[Sentence]:
             if stripped:
                 lead = len(piece) - len(piece.lstrip())
                 s = span.start + pos + lead
-                out.append(Sentence(s, s + len(stripped), span.page, span.heading, span.category == "Title"))
+                out.append(
+                    Sentence(
+                        s,
+                        s + len(stripped),
+                        span.page,
+                        span.heading,
+                        span.category == "Title",
+                        tuple(span.heading_path),
+                    )
+                )
             if m:
                 pos = m.end()
     return out
@@ -105,7 +115,7 @@ def _split_long(
         for i in range(0, len(words), per):
             group = words[i : i + per]
             a, b = s.start + group[0].start(), s.start + group[-1].end()
-            out_s.append(Sentence(a, b, s.page, s.heading, s.is_title))
+            out_s.append(Sentence(a, b, s.page, s.heading, s.is_title, s.heading_path))
             out_n.append(count_tokens(tokenizer, [doc.text[a:b]])[0])
     return out_s, out_n
 
@@ -166,6 +176,8 @@ class SemanticChunker:
     def _make_chunk(self, doc: Document, sents: list[Sentence], n_tokens: int, index: int) -> Chunk:
         start, end = sents[0].start, sents[-1].end
         pages = sorted({s.page for s in sents if s.page is not None})
+        # the section of the chunk's first sentence of text: a chunk opening with titles is about the last one
+        body = next((s for s in sents if not s.is_title), sents[0])
         return Chunk(
             id=content_id(doc.id, start, end, self.config_hash),
             document_id=doc.id,
@@ -179,6 +191,8 @@ class SemanticChunker:
             n_tokens=n_tokens,
             n_sentences=len(sents),
             taxonomy_path=doc.taxonomy_path,
+            heading_path=list(body.heading_path) or ([body.heading] if body.heading else []),
+            document_title=doc.title,
         )
 
 

@@ -379,10 +379,17 @@ def _partition(path: Path, cfg: ExtractConfig) -> list[object]:
 def elements_to_document(
     elements: list[object], source: Path | str, digest: str, fmt: str, skip: frozenset[str] = frozenset()
 ) -> Document:
-    """Join element texts with blank lines, keeping each element's page and section heading."""
+    """Join element texts with blank lines, keeping each element's page and section heading.
+
+    Headings nest by unstructured's ``category_depth`` (0 for a top-level Title: h1, Heading 1, ...):
+    a Title replaces the path from its depth down. A Title without a depth (PDF ``fast``, plain text)
+    starts a path of its own. The document's title is its first Title of depth 0 or without depth.
+    """
     parts: list[str] = []
     spans: list[Span] = []
     heading: str | None = None
+    path: list[str] = []
+    title: str | None = None
     pos = 0
     pages: set[int] = set()
     for el in elements:
@@ -392,12 +399,22 @@ def elements_to_document(
         category = getattr(el, "category", type(el).__name__)
         if category in skip:
             continue
-        page = getattr(getattr(el, "metadata", None), "page_number", None)
+        meta = getattr(el, "metadata", None)
+        page = getattr(meta, "page_number", None)
         if category == "Title":
             heading = text[:200]
+            depth = getattr(meta, "category_depth", None)
+            if isinstance(depth, int) and depth >= 0:
+                path = [*path[:depth], heading]
+            else:
+                path = [heading]
+            if title is None and (not isinstance(depth, int) or depth <= 0):
+                title = heading
         if parts:
             pos += 2
-        spans.append(Span(start=pos, end=pos + len(text), page=page, category=category, heading=heading))
+        spans.append(
+            Span(start=pos, end=pos + len(text), page=page, category=category, heading=heading, heading_path=path)
+        )
         parts.append(text)
         pos += len(text)
         if page is not None:
@@ -410,6 +427,7 @@ def elements_to_document(
         spans=spans,
         n_pages=max(pages) if pages else None,
         bytes_sha256=digest,
+        title=title,
     )
 
 

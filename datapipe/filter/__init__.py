@@ -223,13 +223,16 @@ def verdict_reject(s: Sample, verdict: tuple[str, str]) -> Reject:
 def filter_samples(
     samples: Iterable[Sample], cfg: FilterConfig, count_tokens: Callable[[str], int] | None = None
 ) -> Iterator[Sample | Reject]:
-    """Yield kept samples (with verdicts recorded) and rejects, in input order."""
+    """Yield kept samples (with verdicts recorded) and rejects, in input order. Every filter checks every
+    turn of a multi-turn sample (:mod:`datapipe.filter.turns`)."""
+    from datapipe.filter.turns import each_turn
+
     filters = build_filters(cfg, count_tokens)
     seen: dict[str, str] = {}
     for s in samples:
         verdict: Verdict = None
         for name, f in filters:
-            verdict = f(s)
+            verdict = each_turn(f, s)
             if verdict:
                 break
             s.verdicts[name] = "pass"

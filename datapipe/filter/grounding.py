@@ -41,9 +41,13 @@ def sentences(text: str) -> list[str]:
 
 def check_grounding(samples: list[Sample], cfg: GroundingConfig, model: Any) -> dict[str, tuple[float, float]]:
     """sample id -> (similarity, lexical) for every sample judged ungrounded; scores are also recorded."""
-    todo = [s for s in samples if s.kind in cfg.kinds and s.provenance.context.strip()]
-    if not todo:
+    from datapipe.filter.turns import turn_views
+
+    owners = [s for s in samples if s.kind in cfg.kinds and s.provenance.context.strip()]
+    if not owners:
         return {}
+    todo = [v for s in owners for v in turn_views(s)]  # every assistant turn of a conversation
+    owner_of = [s for s in owners for _ in turn_views(s)]
     ans = [sentences(s.response) for s in todo]
     ctx = [sentences(s.provenance.context) for s in todo]
     flat = [x for group in ans for x in group] + [x for group in ctx for x in group]
@@ -67,13 +71,17 @@ def check_grounding(samples: list[Sample], cfg: GroundingConfig, model: Any) -> 
         ctx_emb.append(emb[pos : pos + len(group)])
         pos += len(group)
     out: dict[str, tuple[float, float]] = {}
-    for s, a, c in zip(todo, ans_emb, ctx_emb, strict=True):
+    scored: set[int] = set()
+    for owner, s, a, c in zip(owner_of, todo, ans_emb, ctx_emb, strict=True):
         sim = float((a @ c.T).max())
         lex = lexical_support(s.response, s.provenance.context)
-        s.scores["grounding_similarity"] = round(sim, 4)
-        s.scores["grounding_lexical"] = round(lex, 4)
-        if sim < cfg.min_similarity and lex < cfg.min_lexical:
-            out[s.id] = (sim, lex)
+        first = id(owner) not in scored
+        scored.add(id(owner))
+        if first or (sim, lex) < (owner.scores["grounding_similarity"], owner.scores["grounding_lexical"]):
+            owner.scores["grounding_similarity"] = round(sim, 4)  # a conversation keeps its weakest turn's scores
+            owner.scores["grounding_lexical"] = round(lex, 4)
+        if sim < cfg.min_similarity and lex < cfg.min_lexical and owner.id not in out:
+            out[owner.id] = (sim, lex)
     return out
 
 

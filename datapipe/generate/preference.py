@@ -101,7 +101,9 @@ class PreferenceGenerator:
         )
 
     async def for_sample(self, sample: Sample) -> PreferencePair | Reject:
-        prompt_msgs = [m.model_dump() for m in sample.messages if m.role != "assistant"]
+        # the conversation up to the last answer: a multi-turn sample's earlier turns stay in the prompt
+        last = max((i for i, m in enumerate(sample.messages) if m.role == "assistant"), default=len(sample.messages))
+        prompt_msgs = [m.model_dump() for m in sample.messages[:last]]
 
         def reject(reason: str, detail: str, candidates: list[Candidate] | None = None) -> Reject:
             payload = json.dumps(

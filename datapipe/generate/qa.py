@@ -266,5 +266,7 @@ class QAGenerator:
                 leaf_kind=leaf.kind,
                 context=context,
                 teacher_calls=[call],
+                document_title=chunk.document_title if chunk else None,
+                heading_path=chunk.heading_path if chunk else [],
             ),
         )

@@ -62,10 +62,13 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
     reasons: Counter[tuple[str, str]] = Counter()
     teacher: list[tuple[str, dict[str, Any]]] = []
     pending: Counter[tuple[str, str]] = Counter()
+    question_dedup: dict[str, int] | None = None
     for stage in STAGES:
         m = store.read_manifest(stage)
         if m is None:
             continue
+        if "question_dedup" in m:
+            question_dedup = m["question_dedup"]
         c = m["counts"]
         stages.append(
             {
@@ -84,7 +87,23 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
             pending[(stage, reason)] += n
         if "teacher" in m:
             teacher.append((stage, m["teacher"]))
-    return {"run": str(store.root), "stages": stages, "rejects": reasons, "teacher": teacher, "pending": pending}
+    return {
+        "run": str(store.root),
+        "stages": stages,
+        "rejects": reasons,
+        "teacher": teacher,
+        "question_dedup": question_dedup,
+        "pending": pending,
+    }
+
+
+def tokens_per_kept_line(summary: dict[str, Any]) -> str | None:
+    """Teacher tokens (in + out, every stage, this run's calls) per sample the filter kept; None without both."""
+    kept = next((s["out"] for s in summary["stages"] if s["stage"] == "filter"), None)
+    if not summary["teacher"] or not kept:
+        return None
+    tokens = sum(t.get("input_tokens", 0) + t.get("output_tokens", 0) for _, t in summary["teacher"])
+    return f"teacher tokens per kept sample: {tokens / kept:.0f} ({tokens} tokens / {kept} kept samples)"
 
 
 def teacher_faults_line(stage: str, t: dict[str, Any]) -> str | None:
@@ -150,6 +169,13 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
         parts.append(tt)
         parts.extend(line for stage, t in summary["teacher"] if (line := teacher_faults_line(stage, t)))
         parts.extend(f"{st}: stopped early: {t['unreachable']}" for st, t in summary["teacher"] if t.get("unreachable"))
+    if line := tokens_per_kept_line(summary):
+        parts.append(line)
+    if qd := summary.get("question_dedup"):
+        parts.append(
+            f"near-duplicate questions dropped before answering: {qd['dropped']} "
+            f"(~{qd['answer_tokens_saved']} answer tokens saved)"
+        )
     if wall_seconds is not None:
         parts.append(f"wall time: {wall_seconds:.1f} s")
     return Group(*parts)

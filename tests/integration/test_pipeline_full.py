@@ -101,7 +101,7 @@ def test_samples_carry_provenance(run: dict[str, object], corpus_docs: Path, bad
         assert Path(p.source_path).parent in (corpus_docs, bad_inputs)
         assert [c.step for c in p.teacher_calls] == ["questions", "answer"]
         for call in p.teacher_calls:
-            assert call.prompt_version == "v1" and len(call.prompt_hash) == 16
+            assert call.prompt_version == "v2" and len(call.prompt_hash) == 16  # the newest prompts are the default
             assert call.model == "SmolLM2-135M-Instruct.Q4_1.gguf" and call.raw_output
         assert s.response in p.teacher_calls[1].raw_output
 
