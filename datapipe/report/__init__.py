@@ -61,6 +61,7 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
     stages = []
     reasons: Counter[tuple[str, str]] = Counter()
     teacher: list[tuple[str, dict[str, Any]]] = []
+    privacy: list[tuple[str, dict[str, Any]]] = []
     for stage in STAGES:
         m = store.read_manifest(stage)
         if m is None:
@@ -81,7 +82,20 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
             reasons[(stage, reason)] += n
         if "teacher" in m:
             teacher.append((stage, m["teacher"]))
-    return {"run": str(store.root), "stages": stages, "rejects": reasons, "teacher": teacher}
+        if m.get("privacy"):
+            privacy.append((stage, m["privacy"]))
+    return {"run": str(store.root), "stages": stages, "rejects": reasons, "teacher": teacher, "privacy": privacy}
+
+
+def privacy_line(stage: str, p: dict[str, Any]) -> str:
+    """``generate: privacy pseudonymize, detections PERSON 12, EMAIL_ADDRESS 3`` (export: real values found)."""
+    if "real_values_in_export" in p:
+        found = p["real_values_in_export"]
+        return f"{stage}: privacy {p['mode']}, real values in the export: " + (
+            ", ".join(f"{e} {n}" for e, n in found.items()) or "none"
+        )
+    found = p.get("detections") or {}
+    return f"{stage}: privacy {p['mode']}, detections " + (", ".join(f"{e} {n}" for e, n in found.items()) or "none")
 
 
 def teacher_faults_line(stage: str, t: dict[str, Any]) -> str | None:
@@ -138,6 +152,7 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
             tt.add_row("total", *(str(sum(t.get(k, 0) for _, t in summary["teacher"])) for k in cols))
         parts.append(tt)
         parts.extend(line for stage, t in summary["teacher"] if (line := teacher_faults_line(stage, t)))
+    parts.extend(privacy_line(stage, p) for stage, p in summary.get("privacy", []))
     if wall_seconds is not None:
         parts.append(f"wall time: {wall_seconds:.1f} s")
     return Group(*parts)
