@@ -427,6 +427,14 @@ def export(
         bool | None,
         typer.Option("--curated-only/--all", help="only samples reviewers accepted in Argilla (datapipe curate pull)"),
     ] = None,
+    reidentify: Annotated[
+        bool,
+        typer.Option(
+            "--reidentify",
+            help="also write a copy with pseudonyms replaced by the real values (<out>-reidentified/, owner-only; "
+            "internal use; needs privacy.mode: pseudonymize)",
+        ),
+    ] = False,
 ) -> None:
     """Write the kept samples (dpo: the preference pairs) as parquet per split, with a dataset card and
     trainer snippets (Axolotl, LLaMA-Factory, TRL) beside them."""
@@ -443,6 +451,7 @@ def export(
         on_too_long=on_too_long,
         push_to_hub=push_to_hub,
         curated_only=curated_only,
+        reidentify=reidentify,
     )
     from datapipe.pipeline import store_for
     from datapipe.runs import load_target
@@ -470,6 +479,14 @@ def export(
         console.print(f"beside it: {names}", highlight=False)
     if m.get("hub"):
         console.print(f"pushed to {m['hub']}")
+    if priv := m.get("privacy"):
+        leaks = priv.get("real_values_in_export") or {}
+        console.print(
+            "privacy: real values in the export: " + (", ".join(f"{n} {e}" for e, n in leaks.items()) or "none"),
+            highlight=False,
+        )
+        for path in (priv.get("reidentified") or {}).values():
+            console.print(f"re-identified copy (internal use only): {path}", highlight=False)
 
 
 @app.command()

@@ -475,6 +475,44 @@ class ScheduleConfig(_Strict):
     timezone: str = Field("UTC", description="IANA time zone the cron expressions are read in")
 
 
+class PrivacyConfig(_Strict):
+    """PII in what is sent to a teacher (README "Private data"). ``off`` leaves requests as they are."""
+
+    mode: Literal["off", "pseudonymize", "redact"] = Field(
+        "off",
+        description="pseudonymize: consistent placeholders, mapping kept in <run>/privacy/ for export --reidentify; "
+        "redact: typed placeholders, no mapping",
+    )
+    entities: list[str] = Field(
+        [
+            "PERSON",
+            "EMAIL_ADDRESS",
+            "PHONE_NUMBER",
+            "IBAN_CODE",
+            "CREDIT_CARD",
+            "IP_ADDRESS",
+            "URL_PERSONAL",
+            "DE_TAX_ID",
+            "DE_SOCIAL_SECURITY",
+            "STREET_ADDRESS",
+        ],
+        description="Presidio entity types replaced",
+    )
+    score_threshold: float = Field(0.4, ge=0, le=1, description="Presidio findings scoring lower are ignored")
+    sensitivity: dict[str, Literal["public", "internal", "confidential"]] = Field(
+        {}, description="path or glob -> sensitivity (also settable per source entry: {path: ..., sensitivity: ...})"
+    )
+    local_endpoints: list[str] = Field(
+        [], description="teacher URLs (prefixes) or host names that count as local besides loopback"
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as false."""
+        return "off" if value is False else value
+
+
 class PipelineConfig(_Strict):
     run_id: str | None = Field(None, description="default: the config file's stem")
     store: str = Field(
@@ -505,8 +543,28 @@ class PipelineConfig(_Strict):
         description="publish a version even when records are pending (the teacher was down, the budget ran out); "
         "the version records how many; default: such a run publishes nothing and exits non-zero",
     )
+    privacy: PrivacyConfig = PrivacyConfig()
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_sensitivity(cls, data: Any) -> Any:
+        """A source may be ``{path: ..., sensitivity: confidential}``: the path joins ``sources``, the level
+        ``privacy.sensitivity``."""
+        if not isinstance(data, dict) or not any(isinstance(s, dict) for s in data.get("sources") or []):
+            return data
+        sources, levels = [], {}
+        for s in data["sources"]:
+            if isinstance(s, dict) and set(s) <= {"path", "sensitivity"} and "path" in s:
+                sources.append(s["path"])
+                if "sensitivity" in s:
+                    levels[s["path"]] = s["sensitivity"]
+            else:
+                sources.append(s)  # refused below with the usual message
+        privacy = dict(data.get("privacy") or {})
+        privacy["sensitivity"] = {**levels, **(privacy.get("sensitivity") or {})}
+        return {**data, "sources": sources, "privacy": privacy}
 
     @field_validator("store_options")
     @classmethod

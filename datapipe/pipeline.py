@@ -306,11 +306,13 @@ def run_budget_key(cfg: PipelineConfig) -> str:
 
 def build_teacher(cfg: PipelineConfig, teacher_cfg: Any = None) -> Any:
     """The run's teacher (or ``teacher_cfg``, e.g. a second model), drawing on the run's budget."""
+    from datapipe.privacy import wrap_teacher
     from datapipe.teacher import Teacher
     from datapipe.teacher.budget import budget_for
 
     budget = budget_for(run_budget_key(cfg), cfg.budget)
-    return Teacher(teacher_cfg or cfg.teacher, teacher_cache_path(cfg), budget)
+    tcfg = teacher_cfg or cfg.teacher
+    return wrap_teacher(cfg, Teacher(tcfg, teacher_cache_path(cfg), budget), tcfg)
 
 
 def run_generate(
@@ -333,6 +335,11 @@ def run_generate(
     gen_cfg = cfg.generate
     teacher = teacher or build_teacher(cfg)
     all_shards = [(k, store.read_shard("chunk", k, Chunk)) for k in store.current_keys("chunk")]
+    privacy = getattr(teacher, "privacy", None)
+    if privacy is not None:  # the generators see pseudonymised chunks; the stored chunks keep the originals
+        from datapipe.privacy import protect_chunks
+
+        all_shards = protect_chunks(privacy, all_shards)
     # plain sources feed instruction data; documents of taxonomy leaves feed their leaf's QA data
     plain = [(k, cs) for k, cs in all_shards if not cs or cs[0].taxonomy_path is None]
     jobs: list[tuple[str, list[str], int, Any]] = []  # (shard key, inputs, records in, coroutine factory)
@@ -453,6 +460,8 @@ def run_generate(
     rec.extra["teacher"] = teacher_record(teacher, stats_elsewhere)
     if "instruction" in gen_cfg.kinds:
         rec.extra["question_dedup"] = question_dedup_record(store, [key for key, _, _, _ in jobs])
+    if privacy is not None:
+        rec.extra["privacy"] = privacy.summary()
     progress.done("generate")
     return rec.finish()
 
@@ -643,6 +652,12 @@ def apply_filters(
         dropped[step] = dropped.get(step, 0) + len(rs)
         progress.advance("filter", len(rs))
 
+    if cfg.privacy.mode == "pseudonymize":
+        from datapipe.privacy import leak_rejects
+
+        leaks = leak_rejects(cfg, samples)
+        drop("privacy", leaks)
+        samples = [s for s in samples if s.id not in {r.record_id for r in leaks}]
     if map_fn is not None:
         kept = _distributed_per_sample_steps(cfg, samples, map_fn, drop)
         model = load_embedder(cfg.chunk.model) if (kept and fcfg.semantic_dedup.enabled) else None
@@ -856,6 +871,7 @@ def run_export(
     on_too_long: str | None = None,
     push_to_hub: str | None = None,
     curated_only: bool | None = None,
+    reidentify: bool = False,
 ) -> dict[str, Any]:
     """Write the kept samples (format dpo: the preference pairs) as parquet per split, with a dataset card
     and trainer snippets; records over ``max_seq_len`` tokens become rejects or are flagged.
@@ -936,6 +952,14 @@ def run_export(
     n_rejected = len(not_curated) + len(result.rejects)
     rec.add(key, in_keys, len(stored), result.n_out, n_rejected, time.perf_counter() - t0, reused)
     rec.extra.update(result.manifest_fields())
+    if cfg.privacy.mode != "off" or reidentify:
+        from datapipe.privacy import Vault, audit_rows, reidentify_files
+
+        found = audit_rows((r.model_dump(mode="json") for r in records), Vault.read_mapping(cfg.run_dir))
+        rec.extra["privacy"] = {"mode": cfg.privacy.mode, "real_values_in_export": found}
+        if reidentify:
+            target = out_dir.parent / f"{out_dir.name}-reidentified"
+            rec.extra["privacy"]["reidentified"] = reidentify_files(result.files, cfg.run_dir, target)
     if pulled or ecfg.curated_only:
         rec.extra["curation"] = {"curated_only": ecfg.curated_only, **curation_counts}
     progress.done("export")

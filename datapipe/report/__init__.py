@@ -63,6 +63,7 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
     teacher: list[tuple[str, dict[str, Any]]] = []
     pending: Counter[tuple[str, str]] = Counter()
     question_dedup: dict[str, int] | None = None
+    privacy: list[tuple[str, dict[str, Any]]] = []
     for stage in STAGES:
         m = store.read_manifest(stage)
         if m is None:
@@ -87,6 +88,8 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
             pending[(stage, reason)] += n
         if "teacher" in m:
             teacher.append((stage, m["teacher"]))
+        if m.get("privacy"):
+            privacy.append((stage, m["privacy"]))
     return {
         "run": str(store.root),
         "stages": stages,
@@ -94,6 +97,7 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
         "teacher": teacher,
         "question_dedup": question_dedup,
         "pending": pending,
+        "privacy": privacy,
     }
 
 
@@ -104,6 +108,17 @@ def tokens_per_kept_line(summary: dict[str, Any]) -> str | None:
         return None
     tokens = sum(t.get("input_tokens", 0) + t.get("output_tokens", 0) for _, t in summary["teacher"])
     return f"teacher tokens per kept sample: {tokens / kept:.0f} ({tokens} tokens / {kept} kept samples)"
+
+
+def privacy_line(stage: str, p: dict[str, Any]) -> str:
+    """``generate: privacy pseudonymize, detections PERSON 12, EMAIL_ADDRESS 3`` (export: real values found)."""
+    if "real_values_in_export" in p:
+        found = p["real_values_in_export"]
+        return f"{stage}: privacy {p['mode']}, real values in the export: " + (
+            ", ".join(f"{e} {n}" for e, n in found.items()) or "none"
+        )
+    found = p.get("detections") or {}
+    return f"{stage}: privacy {p['mode']}, detections " + (", ".join(f"{e} {n}" for e, n in found.items()) or "none")
 
 
 def teacher_faults_line(stage: str, t: dict[str, Any]) -> str | None:
@@ -176,6 +191,7 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
             f"near-duplicate questions dropped before answering: {qd['dropped']} "
             f"(~{qd['answer_tokens_saved']} answer tokens saved)"
         )
+    parts.extend(privacy_line(stage, p) for stage, p in summary.get("privacy", []))
     if wall_seconds is not None:
         parts.append(f"wall time: {wall_seconds:.1f} s")
     return Group(*parts)

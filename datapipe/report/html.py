@@ -657,6 +657,27 @@ text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}th{bac
 """
 
 
+def section_privacy(data: RunData, facts: dict[str, Any]) -> Section | None:
+    """PII detections per entity type (generate) and real values found in the export; None when privacy is off."""
+    found = {stage: m["privacy"] for stage, m in data.manifests.items() if m.get("privacy")}
+    if not found:
+        return None
+    facts["privacy"] = found
+    rows: list[list[Any]] = []
+    for stage, p in found.items():
+        counts = p.get("detections", p.get("real_values_in_export", {})) or {}
+        what = "detections" if "detections" in p else "real values in the export"
+        mode = p.get("mode")
+        rows += [[stage, mode, what, e, n] for e, n in counts.items()] or [[stage, mode, what, "-", 0]]
+    return Section(
+        "privacy",
+        "Private data",
+        "What the privacy layer replaced before text went to a teacher, per entity type, and how many real values "
+        "the export scan found (it should be none). The values themselves are never shown here.",
+        [_table(["stage", "mode", "count of", "entity type", "n"], rows)],
+    )
+
+
 def build_report(store: RunStore) -> str:
     """The whole report as one HTML string."""
     data = collect(store)
@@ -670,6 +691,8 @@ def build_report(store: RunStore) -> str:
         section_coverage(data, facts),
         section_tokens(data, facts),
     ]
+    if (privacy := section_privacy(data, facts)) is not None:
+        sections.append(privacy)
     facts["problems"] = data.problems
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
     parts = [

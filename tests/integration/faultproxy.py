@@ -29,7 +29,8 @@ is refused, as when a server stops mid-run. Faults:
 ``ok``         forwarded unchanged
 
 Every request is recorded in ``arrivals`` (time, fault) and ``requests`` (time, fault, body
-hash, ``Authorization`` header), so tests can check what reached the server and when.
+hash, ``Authorization`` header), so tests can check what reached the server and when; with
+``record_bodies=True`` also the bodies themselves (``bodies``), to check what text reached it.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class FaultProxy:
         hang_s: float = 10.0,
         max_in_flight: int | None = None,
         refuse_after: int | None = None,
+        record_bodies: bool = False,
+        host: str = "127.0.0.1",
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.port = port
@@ -97,6 +100,9 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self.arrivals: list[tuple[float, str]] = []
         self.requests: list[Arrival] = []
+        self.record_bodies = record_bodies
+        self.host = host
+        self.bodies: list[bytes] = []  # with record_bodies: every POST body, byte for byte, as it arrived
         self.forwarded = 0
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -109,7 +115,7 @@ class FaultProxy:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     def counts(self) -> Counter[str]:
         return Counter(f for _, f in self.arrivals)
@@ -148,7 +154,7 @@ class FaultProxy:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._client = httpx.AsyncClient(timeout=300)
-        server = self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        server = self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self._ready.set()
         try:
             await self._stop.wait()
@@ -196,6 +202,8 @@ class FaultProxy:
         now = time.monotonic()
         self.arrivals.append((now, fault))
         self.requests.append(Arrival(now, fault, hashlib.sha256(body).hexdigest(), headers.get("authorization", "")))
+        if self.record_bodies:
+            self.bodies.append(body)
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
