@@ -510,7 +510,7 @@ def test_trainer_snippets_name_the_real_files_and_columns(fmt: str, tmp_path: Pa
         if e["type"] == "alpaca":
             assert {"instruction", "input", "output"} <= set(schema.names)
 
-    factory = json.loads((out / "llamafactory_dataset_info.json").read_text())
+    factory = json.loads((out / "dataset_info.json").read_text())
     assert {e["file_name"] for e in factory.values()} == written
     assert set(factory) == {f"datapipe_{fmt}", f"datapipe_{fmt}_validation"}
     for e in factory.values():
