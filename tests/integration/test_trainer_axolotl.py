@@ -40,6 +40,15 @@ def tok(model: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(model), local_files_only=True)
 
 
+@pytest.fixture(scope="module")
+def chat(model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportResult, dict[str, Any]]:
+    """The chatml export of :func:`samples` and Axolotl's facts about it (shared: each Axolotl run costs
+    half a minute)."""
+    tmp = tmp_path_factory.mktemp("axolotl-chatml")
+    result = _export(tmp, "chatml", samples())
+    return result, axolotl_facts(result, model, tmp)
+
+
 def samples(n: int = 12) -> list[Any]:
     """One- and two-turn samples; every third has its own system prompt, the others get the template's."""
     return [make_sample(i, turns=1 + i % 2, system=SYSTEM if i % 3 == 0 else None) for i in range(n)]
@@ -83,12 +92,15 @@ def got_sft(rows: list[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
 
 @pytest.mark.parametrize("fmt", ["chatml", "sharegpt"])
 def test_axolotl_tokenises_every_turn_and_trains_only_on_assistant_turns(
-    fmt: str, model: Path, tok: Any, tmp_path: Path
+    fmt: str, model: Path, tok: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Every row of each split arrives, rendered with the model's template (system prompts, both turns of
     two-turn rows), and the label mask covers exactly the assistant turns and their end-of-turn token."""
-    result = _export(tmp_path, fmt, samples())
-    facts = axolotl_facts(result, model, tmp_path)
+    if fmt == "chatml":
+        result, facts = request.getfixturevalue("chat")
+    else:
+        result = _export(tmp_path, fmt, samples())
+        facts = axolotl_facts(result, model, tmp_path)
     for split, key in (("train", "train"), ("validation", "eval")):
         convs = messages_of(Path(result.files[split]), fmt)
         assert len(facts[key]) == result.rows[split] == len(convs)
@@ -98,13 +110,13 @@ def test_axolotl_tokenises_every_turn_and_trains_only_on_assistant_turns(
     assert sum(t.count("<|im_start|>assistant\n") == 2 for t in texts) == 6  # the two-turn samples
 
 
-def test_text_export_equals_axolotls_tokenisation_of_the_chat_rows(model: Path, tok: Any, tmp_path: Path) -> None:
+def test_text_export_equals_axolotls_tokenisation_of_the_chat_rows(
+    model: Path, tok: Any, tmp_path: Path, chat: tuple[ExportResult, dict[str, Any]]
+) -> None:
     """``--format text --tokenizer MODEL`` gives, token for token, the ids Axolotl trains on for the same
     samples exported as chatml (``chat_template: tokenizer_default``)."""
-    recs = samples()
-    chat = _export(tmp_path, "chatml", recs)
-    text = _export(tmp_path, "text", recs, tokenizer=str(model))
-    facts = axolotl_facts(chat, model, tmp_path)
+    text = _export(tmp_path, "text", samples(), tokenizer=str(model))
+    facts = chat[1]
     for split, key in (("train", "train"), ("validation", "eval")):
         rows = pq.read_table(text.files[split]).to_pylist()
         ours = Counter(tuple(tok(r["text"], add_special_tokens=False)["input_ids"]) for r in rows)

@@ -48,6 +48,7 @@ def lf_facts(result: ExportResult, model: Path, tmp_path: Path) -> dict[str, Any
     command line."""
     args = yaml.safe_load((result.out_dir / "llamafactory.yaml").read_text())
     args |= {"model_name_or_path": str(model), "output_dir": str(tmp_path / "lf-out"), "overwrite_cache": True}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = run_trainer("llamafactory", ["llamafactory_facts.py", json.dumps(args)], tmp_path)
     return facts_from(out, "LLAMAFACTORY_FACTS")
 
@@ -143,7 +144,7 @@ def test_llamafactory_cli_trains_a_step_on_the_written_config(fmt: str, model: P
         [
             "llamafactory-cli", "train", str(result.out_dir / "llamafactory.yaml"),
             f"model_name_or_path={model}", "max_steps=1", "per_device_train_batch_size=1",
-            "gradient_accumulation_steps=1", f"output_dir={out_dir}", "save_strategy=no",
+            "gradient_accumulation_steps=1", f"output_dir={out_dir}",
         ],
         tmp_path,
     )  # fmt: skip
