@@ -25,6 +25,10 @@ fi
 
 # The Argilla server for the curation tests lives in its own virtual environment (its pins clash with ours).
 bash scripts/argilla/setup.sh
+# Axolotl and LLaMA-Factory, each in its own virtual environment (their pins clash with ours and each
+# other's), for the tests that run the trainers' own data code on our exports.
+bash scripts/axolotl/setup.sh
+bash scripts/llamafactory/setup.sh
 
 if [ -f "$STAMP" ]; then
   echo "setup: $VENV is up to date"

@@ -1,7 +1,7 @@
-"""Export: kept samples (or preference pairs) -> training-ready parquet that trainers load as is.
+"""Export: kept samples (or preference pairs) -> training-ready parquet that trainers load as they are.
 
 * ``chatml``: ``messages`` = [{role, content}] — TRL SFTTrainer (conversational),
-  Axolotl ``type: chat_template``, Unsloth.
+  Axolotl ``type: chat_template``, Unsloth (through TRL).
 * ``sharegpt``: ``conversations`` = [{from, value}] with human/gpt — LLaMA-Factory, Axolotl.
 * ``alpaca``: ``instruction``/``input``/``output``/``system``/``history`` — LLaMA-Factory
   alpaca, Axolotl ``alpaca``.

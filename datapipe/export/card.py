@@ -5,8 +5,10 @@
   with ``datasets``' and ``huggingface_hub``'s own card helpers, so the hub and
   ``load_dataset(<folder>)`` read it as they read their own; the text says where the data
   came from (sources, teacher, prompts), what the filters dropped, and the token lengths.
-* ``axolotl.yaml``: an Axolotl ``datasets:`` block (plus ``test_datasets:`` for validation).
-* ``llamafactory_dataset_info.json``: entries for LLaMA-Factory's ``data/dataset_info.json``.
+* ``axolotl.yaml``: a whole Axolotl config: the ``datasets:`` block (plus ``test_datasets:`` for
+  validation) and training settings (see :mod:`datapipe.export.trainers`).
+* ``dataset_info.json`` and ``llamafactory.yaml``: LLaMA-Factory's dataset registry for this folder
+  and a training config over it.
 * ``trl_example.py``: ``load_splits()`` returns the export as TRL expects it; run as a script
   it trains with ``SFTTrainer`` (or ``DPOTrainer``).
 
@@ -15,6 +17,7 @@ Every snippet names the exact files and columns this export wrote (absolute path
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 import yaml
 from upath import UPath
 
+from datapipe.export import trainers
 from datapipe.export.formats import SHAREGPT_ROLE
 from datapipe.export.options import ExportResult, RunFacts
 from datapipe.fsio import write_bytes
@@ -36,14 +40,21 @@ _ROLE_TAGS = {
     "system_tag": "system",
 }
 _ROLE_MAP = {"role": "role", "content": "content"}
+_ASSISTANT_ONLY = {"roles_to_train": ["assistant"], "train_on_eos": "turn"}
 
 AXOLOTL_TYPES: dict[str, dict[str, Any]] = {
-    "chatml": {"type": "chat_template", "field_messages": "messages", "message_property_mappings": _ROLE_MAP},
+    "chatml": {
+        "type": "chat_template",
+        "field_messages": "messages",
+        "message_property_mappings": _ROLE_MAP,
+        **_ASSISTANT_ONLY,
+    },
     "sharegpt": {
         "type": "chat_template",
         "field_messages": "conversations",
         "message_property_mappings": {"role": "from", "content": "value"},
         "roles": {role: [tag] for role, tag in SHAREGPT_ROLE.items()},
+        **_ASSISTANT_ONLY,
     },
     "alpaca": {"type": "alpaca"},
     "dpo": {
@@ -167,7 +178,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 _FORMAT_TEXT = {
-    "chatml": "`messages`: every turn as `{role, content}` (TRL SFTTrainer, Axolotl `chat_template`, Unsloth)",
+    "chatml": "`messages`: every turn as `{role, content}` (TRL SFTTrainer, Axolotl `chat_template`, "
+    "LLaMA-Factory, Unsloth through TRL)",
     "sharegpt": "`conversations`: every turn as `{from: human|gpt|system, value}` (LLaMA-Factory, Axolotl)",
     "alpaca": "`instruction`, `input`, `output`, `system`, `history` (LLaMA-Factory alpaca, Axolotl `alpaca`)",
     "dpo": "`prompt`, `chosen`, `rejected` as `{role, content}` lists, `chosen_turn`/`rejected_turn` as single "
@@ -203,9 +215,13 @@ def card_text(result: ExportResult, data_paths: dict[str, str] | None = None) ->
         "",
         split_rule,
         "",
-        "Trainer snippets beside this card: `axolotl.yaml` (Axolotl `datasets:` block), "
-        "`llamafactory_dataset_info.json` (LLaMA-Factory `dataset_info.json` entries), "
-        "`trl_example.py` (TRL).",
+        "Trainer configs beside this card: `axolotl.yaml` (Axolotl), `dataset_info.json` and "
+        "`llamafactory.yaml` (LLaMA-Factory), `trl_example.py` (TRL). Train with (MODEL: a local folder or "
+        "hub id of the model to train; its own chat template renders the chat formats):",
+        "",
+        "```bash",
+        *trainers.commands(result).values(),
+        "```",
         "",
         "## How it was made",
         "",
@@ -271,7 +287,7 @@ def axolotl_config(result: ExportResult) -> dict[str, Any]:
         e: dict[str, Any] = {"path": str(path), "ds_type": "parquet"}
         if test:
             e["split"] = "train"  # a single local file loads as split "train"
-        return {**e, **AXOLOTL_TYPES[result.fmt]}
+        return {**e, **copy.deepcopy(AXOLOTL_TYPES[result.fmt])}  # no shared objects: no YAML anchors
 
     cfg: dict[str, Any] = {"rl": "dpo"} if result.fmt == "dpo" else {}
     cfg["datasets"] = [entry(result.files["train"], False)]
@@ -359,15 +375,23 @@ if __name__ == "__main__":
 
 
 def write_card_and_snippets(result: ExportResult) -> dict[str, Path | UPath]:
-    """Write README.md and the three trainer snippets into the export folder; returns their paths."""
+    """Write README.md and the trainer configs (axolotl.yaml, dataset_info.json, llamafactory.yaml,
+    trl_example.py) into the export folder; returns their paths."""
     out = result.out_dir
-    header = f"# Axolotl: the datasets for this datapipe export (format {result.fmt}); merge into your config.\n"
+    cmd = trainers.commands(result)
+    header = f"# Axolotl config for this datapipe export (format {result.fmt}), read as it is:\n#   {cmd['axolotl']}\n"
+    lf_header = f"# LLaMA-Factory config for this datapipe export (format {result.fmt}):\n#   {cmd['llamafactory']}\n"
+    axolotl = trainers.axolotl_file(result, axolotl_config(result))
     texts = {
         "card": ("README.md", card_text(result)),
-        "axolotl": ("axolotl.yaml", header + yaml.safe_dump(axolotl_config(result), sort_keys=False)),
+        "axolotl": ("axolotl.yaml", header + yaml.safe_dump(axolotl, sort_keys=False)),
         "llamafactory": (
-            "llamafactory_dataset_info.json",
+            "dataset_info.json",
             json.dumps(llamafactory_info(result), indent=2, ensure_ascii=False) + "\n",
+        ),
+        "llamafactory_config": (
+            "llamafactory.yaml",
+            lf_header + yaml.safe_dump(trainers.llamafactory_file(result), sort_keys=False),
         ),
         "trl": ("trl_example.py", trl_example(result)),
     }

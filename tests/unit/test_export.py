@@ -510,9 +510,12 @@ def test_trainer_snippets_name_the_real_files_and_columns(fmt: str, tmp_path: Pa
         if e["type"] == "alpaca":
             assert {"instruction", "input", "output"} <= set(schema.names)
 
-    factory = json.loads((out / "llamafactory_dataset_info.json").read_text())
+    factory = json.loads((out / "dataset_info.json").read_text())
     assert {e["file_name"] for e in factory.values()} == written
     assert set(factory) == {f"datapipe_{fmt}", f"datapipe_{fmt}_validation"}
+    lf_cfg = yaml.safe_load((out / "llamafactory.yaml").read_text())
+    assert lf_cfg["dataset_dir"] == str(out) and {lf_cfg["dataset"], lf_cfg["eval_dataset"]} == set(factory)
+    assert lf_cfg["stage"] == {"dpo": "dpo", "text": "pt"}.get(fmt, "sft")
     for e in factory.values():
         path = Path(e["file_name"])
         schema = _columns(path)
