@@ -48,7 +48,9 @@ def push(target: Target = "pipeline.yaml") -> None:
         "dataset", "records", "new", "updated", "removed (stale)", "on server", title=f"pushed to {result.url}"
     )
     for name, c in result.datasets.items():
-        stale = str(c["removed_stale"]) + (f" ({c['removed_stale_reviewed']} reviewed)" if c["removed_stale_reviewed"] else "")
+        stale = str(c["removed_stale"]) + (
+            f" ({c['removed_stale_reviewed']} reviewed)" if c["removed_stale_reviewed"] else ""
+        )
         table.add_row(name, str(c["records"]), str(c["new"]), str(c["updated"]), stale, str(c["on_server"]))
     console.print(table)
     console.print(f"workspace [bold]{result.workspace}[/], {result.seconds:.1f} s")

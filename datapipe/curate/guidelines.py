@@ -49,13 +49,16 @@ def load_guidelines(kind: str, prompts_dir: Path | None = None) -> Guidelines:
     try:
         spec = yaml.safe_load(raw)
         kinds = spec["kinds"]
-        questions = {q: QuestionText(**spec["questions"][q]) for q in QUESTIONS}
+        questions = {
+            q: QuestionText(spec["questions"][q]["title"].strip(), spec["questions"][q]["description"].strip())
+            for q in QUESTIONS
+        }
         common = spec["common"]
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path}: not a review guidelines file ({type(exc).__name__}: {exc})") from None
     if kind not in kinds:
         raise ConfigError(f"{path} has no guidelines for sample kind {kind!r} (it has {sorted(kinds)}); add them")
-    text = kinds[kind].rstrip() + "\n\n" + common.rstrip() + "\n"
+    text = kinds[kind].strip() + "\n\n" + common.strip()  # Argilla strips surrounding whitespace
     return Guidelines(
         kind=kind,
         text=text,

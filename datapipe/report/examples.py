@@ -142,8 +142,6 @@ def _text(label: str, text: str) -> str:
 
 
 def render_example(ex: Example, css: str) -> str:
-    facts = "".join(
-        f'<span class="exfact"><b>{html.escape(k)}</b> {html.escape(v)}</span>' for k, v in ex.facts if v
-    )
+    facts = "".join(f'<span class="exfact"><b>{html.escape(k)}</b> {html.escape(v)}</span>' for k, v in ex.facts if v)
     texts = "".join(_text(label, t) for label, t in ex.texts)
     return f'<div class="example {css}"><div class="exfacts">{facts}</div>{texts}</div>'

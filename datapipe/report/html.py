@@ -374,7 +374,9 @@ def section_rejects(data: RunData, facts: dict[str, Any]) -> Section:
     ordered = [(s, r, counts[(s, r)]) for s in STAGES for r in sorted(r for st, r in counts if st == s)]
     fig, ax = _figure(9, 0.8 + 0.32 * len(ordered))
     labels = [f"{s}: {r}" for s, r, _ in ordered][::-1]
-    bars = ax.barh(labels, [n for _, _, n in ordered][::-1], color=[STAGE_COLOURS.get(s, ALL) for s, _, _ in ordered][::-1])
+    bars = ax.barh(
+        labels, [n for _, _, n in ordered][::-1], color=[STAGE_COLOURS.get(s, ALL) for s, _, _ in ordered][::-1]
+    )
     ax.bar_label(bars, fontsize=8, padding=2)
     ax.set_xlabel("rejected records")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -48,7 +48,7 @@ def _start(cmd: list[str], workdir: Path) -> subprocess.Popen[str]:
     return proc
 
 
-def _wait_ready(proc: subprocess.Popen[str], stack_pid_of: int | None = None, timeout: float = 180) -> str:
+def _wait_ready(proc: subprocess.Popen[str], timeout: float = 180) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     lines = []
@@ -100,7 +100,7 @@ def test_a_signal_stops_every_process(sig: signal.Signals, tmp_path: Path) -> No
 def test_the_stack_stops_when_its_parent_dies(tmp_path: Path) -> None:
     """A parent (here a shell) starts stack.py and is then killed with SIGKILL: stack.py notices and stops all."""
     shell = subprocess.Popen(
-        ["bash", "-c", f'{sys.executable} {STACK} --port 0 --workdir {tmp_path / "stack"} & wait'],
+        ["bash", "-c", f"{sys.executable} {STACK} --port 0 --workdir {tmp_path / 'stack'} & wait"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -117,5 +117,22 @@ def test_the_stack_stops_when_its_parent_dies(tmp_path: Path) -> None:
         assert not left, f"left running after the parent died: {[_cmdline(p) for p in left]}"
     finally:
         for pid in (stack_pid, *servers):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_killing_the_script_outright_still_stops_the_servers(tmp_path: Path) -> None:
+    """SIGKILL gives stack.py no chance to clean up; each server was started to get SIGTERM when it dies."""
+    proc = _start([sys.executable, str(STACK)], tmp_path / "stack")
+    _wait_ready(proc)
+    servers = _children(proc.pid)
+    assert len(servers) == 3
+    proc.kill()
+    proc.wait()
+    try:
+        left = _wait_gone(servers)
+        assert not left, f"left running after SIGKILL: {[_cmdline(p) for p in left]}"
+    finally:
+        for pid in servers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -379,14 +379,19 @@ def test_pushed_datasets_carry_the_guidelines_and_a_push_updates_them(run: Path,
         ds = _dataset(argilla, f"exp-{kind}")
         guide = load_guidelines(kind)
         assert ds["guidelines"] == guide.text
-        for criterion in ("names its subject", "supported by the source context", "language of the source context",
-                          "verbatim copy", "| 5 | ready to train on"):
+        for criterion in (
+            "names its subject",
+            "supported by the source context",
+            "language of the source context",
+            "verbatim copy",
+            "| 5 | ready to train on",
+        ):
             assert criterion in ds["guidelines"], f"{kind}: guidelines lack {criterion!r}"
         quality = ds["questions"]["quality"]
         assert "1 = unusable" in quality["title"] and "5 = ready to train on" in quality["title"]
         assert "5 ready to train on" in quality["description"] and "1 unusable" in quality["description"]
         assert "whole response" in ds["questions"]["correction"]["description"]
-    assert "chosen response is clearly better" in _dataset(argilla, "exp-preference")["guidelines"]
+    assert "clearly better *in quality*" in _dataset(argilla, "exp-preference")["guidelines"]
     assert "taxonomy" in _dataset(argilla, "exp-qa")["guidelines"]
     facts = RunStore(run).read_json("curate", "push.json")
     assert facts["guidelines"]["exp-qa"]["hash"] == load_guidelines("qa").hash

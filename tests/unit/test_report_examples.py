@@ -62,10 +62,18 @@ def hostile_run(root: Path) -> RunStore:
             payload=json.dumps({"sample": json.loads(s9.model_dump_json()), "judge_output": "Faithfulness: 1"}),
         ),
         Reject(
-            stage="filter", record_id="s10", reason="near_duplicate_of:s01", source_path=a, payload=s10.model_dump_json()
+            stage="filter",
+            record_id="s10",
+            reason="near_duplicate_of:s01",
+            source_path=a,
+            payload=s10.model_dump_json(),
         ),
         Reject(
-            stage="filter", record_id="s11", reason="near_duplicate_of:s02", source_path=a, payload=s11.model_dump_json()
+            stage="filter",
+            record_id="s11",
+            reason="near_duplicate_of:s02",
+            source_path=a,
+            payload=s11.model_dump_json(),
         ),
     ]
     _stage(store, "filter", "f", Sample.to_table(kept), 12, len(kept), rejects)
@@ -94,7 +102,7 @@ def test_examples_show_kept_and_rejected_records_escaped(run: RunStore) -> None:
 
     # every text is escaped: the script tag in a question and in a detail shows as text
     assert "<script>alert" not in page and "<b>bold</b>" not in page
-    assert re.findall(r"<script\b", page) == ['<script'], "only the JSON data block may be a script element"
+    assert re.findall(r"<script\b", page) == ["<script"], "only the JSON data block may be a script element"
     assert "question points at the source: &#x27;the text&#x27; &lt;script&gt;alert(&quot;x&quot;)" in ex
     # the reject's detail, full reason and source are shown; the dropped sample's texts come from its payload
     assert "judge faithfulness 1 &lt; 3" in ex and "near_duplicate_of:s0" in ex and "/data/docs/a.md" in ex
@@ -127,9 +135,7 @@ def test_examples_without_records_say_no_data(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("n", range(1, len(STAGES) + 1), ids=lambda n: f"{n}-stages")
 def test_stage_chart_labels_do_not_overlap(n: int) -> None:
-    stages = [
-        {"stage": s, "unit": UNITS.get(s, "records"), "in": 10, "out": 8, "rejected": 2} for s in STAGES[:n]
-    ]
+    stages = [{"stage": s, "unit": UNITS.get(s, "records"), "in": 10, "out": 8, "rejected": 2} for s in STAGES[:n]]
     fig = stages_figure(stages)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
