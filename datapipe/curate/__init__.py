@@ -1,7 +1,9 @@
 """Human curation in Argilla: push samples for review, pull reviewers' decisions back.
 
 ``push`` creates (or updates) one dataset per sample kind in the configured workspace. Records are
-keyed by sample id (Argilla's record ``id``), so pushing again updates rather than duplicates. Each
+keyed by sample id (Argilla's record ``id``), so pushing again updates rather than duplicates, and the
+records of samples the run no longer has are removed. The reviewer guidelines and question texts come
+from prompts/review_guidelines/ (:mod:`datapipe.curate.guidelines`) and are refreshed on every push. Each
 record carries the source context, the instruction and the response as fields; a keep/discard label,
 a 1-5 quality rating and a correction text (prefilled with the response) as questions; datapipe's
 filter verdicts and judge scores as suggestions; and metadata (kind, taxonomy path, source, scores)
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import TYPE_CHECKING, Any
 
+from datapipe.curate.guidelines import load_guidelines
 from datapipe.errors import DatapipeError, TerminalError, TransientError
 from datapipe.filter.scores import SCORE_KEYS
 from datapipe.records import (
@@ -134,6 +137,8 @@ def dataset_name(cfg: PipelineConfig, kind: str) -> str:
 def _settings(kind: str, metadata: list[str]) -> Any:
     import argilla as rg
 
+    guide = load_guidelines(kind)
+    text = guide.questions
     if kind == "preference":
         fields = [
             rg.TextField(name="context", title="Source context", required=False),
@@ -141,9 +146,7 @@ def _settings(kind: str, metadata: list[str]) -> Any:
             rg.TextField(name="chosen", title="Chosen response (preferred by the judge)"),
             rg.TextField(name="rejected", title="Rejected response"),
         ]
-        correction = rg.TextQuestion(
-            name="correction", title="Corrected chosen response (edit to fix it)", required=False
-        )
+        correction_title = "Corrected chosen response (edit to fix it; leave as is if it is fine)"
     else:
         title = "Question" if kind == "qa" else "Instruction"
         fields = [
@@ -151,13 +154,21 @@ def _settings(kind: str, metadata: list[str]) -> Any:
             rg.TextField(name="instruction", title=title),
             rg.TextField(name="response", title="Response"),
         ]
-        correction = rg.TextQuestion(name="correction", title="Corrected response (edit to fix it)", required=False)
+        correction_title = text["correction"].title
     questions = [
-        rg.LabelQuestion(name="keep", title="Keep this record for training?", labels=[KEEP, DISCARD]),
-        rg.RatingQuestion(
-            name="quality", title="Quality (1 poor - 5 excellent)", values=[1, 2, 3, 4, 5], required=False
+        rg.LabelQuestion(
+            name="keep", title=text["keep"].title, description=text["keep"].description, labels=[KEEP, DISCARD]
         ),
-        correction,
+        rg.RatingQuestion(
+            name="quality",
+            title=text["quality"].title,
+            description=text["quality"].description,
+            values=[1, 2, 3, 4, 5],
+            required=False,
+        ),
+        rg.TextQuestion(
+            name="correction", title=correction_title, description=text["correction"].description, required=False
+        ),
     ]
     props: list[Any] = [rg.TermsMetadataProperty(name=n) for n in _TERMS]
     props += [rg.FloatMetadataProperty(name=n) for n in metadata]
@@ -166,8 +177,7 @@ def _settings(kind: str, metadata: list[str]) -> Any:
         questions=questions,
         metadata=props,
         distribution=rg.TaskDistribution(min_submitted=1),
-        guidelines="Keep or discard each record. To fix a response, edit the correction text and keep the "
-        "record: datapipe exports your text and learns a preference pair (yours over the original).",
+        guidelines=guide.text,
     )
 
 
@@ -295,12 +305,18 @@ def _ensure_workspace(conn: Connection, name: str) -> Any:
     return ws
 
 
-def _ensure_dataset(conn: Connection, ws: Any, name: str, kind: str, score_props: list[str]) -> Any:
-    import argilla as rg
-
+def _find_dataset(conn: Connection, ws: Any, name: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = conn.client.datasets(name, workspace=ws)
+        return conn.client.datasets(name, workspace=ws)
+
+
+def _ensure_dataset(conn: Connection, ws: Any, name: str, kind: str, score_props: list[str]) -> Any:
+    """The dataset, created with the current settings, or checked and brought up to date: new score
+    properties added, guidelines and question texts replaced when the guidelines file changed."""
+    import argilla as rg
+
+    ds = _find_dataset(conn, ws, name)
     if ds is None:
         return rg.Dataset(name=name, workspace=ws, settings=_settings(kind, score_props), client=conn.client).create()
     have_fields = {f.name for f in ds.settings.fields}
@@ -316,11 +332,29 @@ def _ensure_dataset(conn: Connection, ws: Any, name: str, kind: str, score_props
         ds.settings.metadata.add(rg.FloatMetadataProperty(name=prop))
     if not set(score_props) <= have_meta:
         ds.settings.metadata.create()  # creates the ones the server does not have yet
+    if (ds.settings.guidelines or "") != want.guidelines:
+        conn.client.api.datasets.update(ds._model.model_copy(update={"guidelines": want.guidelines}))
+    for question in ds.settings.questions:
+        target = want.questions[question.name]
+        if (question.title, question.description) != (target.title, target.description):
+            question.title, question.description = target.title, target.description
+            question.update()
     return ds
 
 
+def _remove_stale(ds: Any, current: set[str]) -> tuple[int, int]:
+    """Delete the records whose sample is no longer in the run (regenerated, filtered out, its source
+    deleted), so reviewers never spend time on data that does not exist any more. Returns (removed,
+    removed that had reviews): those reviews no longer apply to anything the run exports."""
+    stale = [r for r in ds.records(with_responses=True, with_suggestions=False) if r.id not in current]
+    if stale:
+        ds.records.delete(stale)
+    return len(stale), sum(1 for r in stale if list(r.responses))
+
+
 def push(cfg: PipelineConfig, store: RunStore, progress: Any = None) -> PushResult:
-    """Create or update one Argilla dataset per sample kind with the run's kept samples."""
+    """Create or update one Argilla dataset per sample kind with the run's kept samples, and remove the
+    records of samples the run no longer has (counted as ``removed_stale`` in push.json)."""
     items = _items_by_kind(cfg, store)
     if not items:
         raise CurationError(
@@ -330,12 +364,21 @@ def push(cfg: PipelineConfig, store: RunStore, progress: Any = None) -> PushResu
     conn = connect(cfg.curate)
     t0 = time.perf_counter()
     result = PushResult(conn.url, cfg.curate.workspace)
+    guides: dict[str, dict[str, str]] = {}
     try:
         ws = _ensure_workspace(conn, cfg.curate.workspace)
+        for kind in (k for k in cfg.curate.kinds if k not in items):
+            ds = _find_dataset(conn, ws, dataset_name(cfg, kind))
+            if ds is not None:  # pushed before, and the run has no record of this kind now
+                removed, reviewed = _remove_stale(ds, set())
+                result.datasets[ds.name] = _push_counts(0, 0, removed, reviewed, _count(ds))
         for kind, records in items.items():
             name = dataset_name(cfg, kind)
             props = _score_props(records)
             ds = _ensure_dataset(conn, ws, name, kind, props)
+            guide = load_guidelines(kind)
+            guides[name] = {"version": guide.version, "hash": guide.hash}
+            removed, reviewed = _remove_stale(ds, {r.id for r in records})
             before = _count(ds)
             build = _pair_record if kind == "preference" else (lambda s, props=props: _sample_record(s, props))
             if progress is not None:
@@ -348,20 +391,26 @@ def push(cfg: PipelineConfig, store: RunStore, progress: Any = None) -> PushResu
             if progress is not None:
                 progress.done(f"push {kind}")
             after = _count(ds)
-            result.datasets[name] = {
-                "records": len(records),
-                "new": after - before,
-                "updated": len(records) - (after - before),
-                "on_server": after,
-            }
+            result.datasets[name] = _push_counts(len(records), after - before, removed, reviewed, after)
     except DatapipeError:
         raise
     except Exception as exc:
         raise _classify(exc, conn.url, conn.key_env, os.environ.get(conn.key_env)) from None
     result.seconds = round(time.perf_counter() - t0, 3)
-    facts = {"url": result.url, "workspace": result.workspace, "datasets": result.datasets, "at": time.time()}
-    store.write_json("curate", "push.json", {**facts, "seconds": result.seconds})
+    facts = {"url": result.url, "workspace": result.workspace, "datasets": result.datasets, "guidelines": guides}
+    store.write_json("curate", "push.json", {**facts, "at": time.time(), "seconds": result.seconds})
     return result
+
+
+def _push_counts(records: int, new: int, removed: int, removed_reviewed: int, on_server: int) -> dict[str, int]:
+    return {
+        "records": records,
+        "new": new,
+        "updated": records - new,
+        "removed_stale": removed,
+        "removed_stale_reviewed": removed_reviewed,
+        "on_server": on_server,
+    }
 
 
 def _count(ds: Any) -> int:

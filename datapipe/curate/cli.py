@@ -44,9 +44,14 @@ def push(target: Target = "pipeline.yaml") -> None:
     from datapipe.curate import push as do_push
 
     result = _with_run(target, do_push)
-    table = Table("dataset", "records", "new", "updated", "on server", title=f"pushed to {result.url}")
+    table = Table(
+        "dataset", "records", "new", "updated", "removed (stale)", "on server", title=f"pushed to {result.url}"
+    )
     for name, c in result.datasets.items():
-        table.add_row(name, str(c["records"]), str(c["new"]), str(c["updated"]), str(c["on_server"]))
+        stale = str(c["removed_stale"]) + (
+            f" ({c['removed_stale_reviewed']} reviewed)" if c["removed_stale_reviewed"] else ""
+        )
+        table.add_row(name, str(c["records"]), str(c["new"]), str(c["updated"]), stale, str(c["on_server"]))
     console.print(table)
     console.print(f"workspace [bold]{result.workspace}[/], {result.seconds:.1f} s")
 

@@ -17,6 +17,7 @@ import base64
 import html
 import io
 import json
+import textwrap
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,7 @@ from upath import UPath
 
 from datapipe import fsio
 from datapipe.records import Chunk, Document, PreferencePair, Sample
+from datapipe.report.examples import Picker, pair_example, reject_example, render_example, sample_example
 from datapipe.store import STAGES, RunStore
 
 UNITS = {
@@ -63,7 +65,9 @@ STAGE_COLOURS = {
     "generate": "#e9c46a",
     "filter": "#f4a261",
     "preference": "#e76f51",
+    "curate": "#6d597a",
     "export": "#8d99ae",
+    "publish": "#2a9d8f",
 }
 MAX_BARS = 40
 MAX_ROWS = 200
@@ -134,6 +138,7 @@ class RunData:
     dropped_by_filter: list[SampleStats] = field(default_factory=list)
     pairs: list[PreferencePair] = field(default_factory=list)
     rejects: list[RejectStats] = field(default_factory=list)
+    examples: Picker = field(default_factory=Picker)  # groups "kept:<kind>", "reject:<stage>:<reason code>"
     problems: list[str] = field(default_factory=list)
 
 
@@ -174,14 +179,23 @@ def collect(store: RunStore) -> RunData:
         data.chunk_tokens.append(c.n_tokens)
         data.chunks_per_source[c.source_path] += 1
     data.generated = [SampleStats.of(s) for s in _records(store, data, "generate", Sample)]
-    data.kept = [SampleStats.of(s) for s in _records(store, data, "filter", Sample)]
+    for s in _records(store, data, "filter", Sample):
+        data.kept.append(SampleStats.of(s))
+        data.examples.offer(f"kept:{s.kind}", s.id, lambda s=s: sample_example(s))
     data.pairs = list(_records(store, data, "preference", PreferencePair))
+    for p in data.pairs:
+        data.examples.offer("kept:preference", p.id, lambda p=p: pair_example(p))
     for stage, m in data.manifests.items():
         if "shards" not in m:
             continue
         try:
             for r in store.iter_rejects(stage):
                 data.rejects.append(RejectStats(stage, r.record_id, r.reason, r.source_path))
+                data.examples.offer(
+                    f"reject:{stage}:{reason_code(r.reason)}",
+                    r.record_id,
+                    lambda r=r: reject_example(r, _payload_sample(r.payload) if r.payload else None),
+                )
                 if stage == "filter":
                     dropped = _payload_sample(r.payload)
                     if dropped is not None:
@@ -292,6 +306,23 @@ class Section:
     body: list[str]
 
 
+def stages_figure(stages: list[dict[str, Any]]) -> Figure:
+    """Bars of records in, out and rejected per stage. Each tick label is the stage over its unit, the unit
+    wrapped to short lines and the figure widened with the stage count, so labels never run into each other."""
+    fig, ax = _figure(max(9.0, 1.3 * len(stages) + 1.0), 3.6)
+    x = list(range(len(stages)))
+    w = 0.27
+    for off, key, colour in ((-w, "in", ALL), (0.0, "out", KEPT), (w, "rejected", DROPPED)):
+        bars = ax.bar([i + off for i in x], [s[key] for s in stages], w, label=key, color=colour)
+        ax.bar_label(bars, fontsize=8, padding=1)
+    labels = [s["stage"] + "\n" + textwrap.fill(f"({s['unit']})", 12) for s in stages]
+    ax.set_xticks(x, labels, fontsize=9)
+    ax.set_ylabel("records")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(frameon=False, fontsize=9)
+    return fig
+
+
 def section_stages(data: RunData, facts: dict[str, Any]) -> Section:
     rows: list[list[Any]] = []
     stages: list[dict[str, Any]] = []
@@ -316,17 +347,7 @@ def section_stages(data: RunData, facts: dict[str, Any]) -> Section:
     if not stages:
         body.append(_nodata("this run has no stage manifests yet: run `datapipe run` or a stage command first"))
         return Section("stages", "Records per stage", "", body)
-    fig, ax = _figure(9, 3.4)
-    x = list(range(len(stages)))
-    w = 0.27
-    for off, key, colour in ((-w, "in", ALL), (0.0, "out", KEPT), (w, "rejected", DROPPED)):
-        bars = ax.bar([i + off for i in x], [s[key] for s in stages], w, label=key, color=colour)
-        ax.bar_label(bars, fontsize=8, padding=1)
-    ax.set_xticks(x, [f"{s['stage']}\n({s['unit']})" for s in stages], fontsize=9)
-    ax.set_ylabel("records")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(frameon=False, fontsize=9)
-    body.append(_img(fig, "records in, out and rejected per stage"))
+    body.append(_img(stages_figure(stages), "records in, out and rejected per stage"))
     body.append(_table(["stage", "out are", "in", "out", "rejected", "seconds"], rows))
     if missing:
         body.append(f'<p class="note">stages that have not run: {html.escape(", ".join(missing))}</p>')
@@ -353,7 +374,9 @@ def section_rejects(data: RunData, facts: dict[str, Any]) -> Section:
     ordered = [(s, r, counts[(s, r)]) for s in STAGES for r in sorted(r for st, r in counts if st == s)]
     fig, ax = _figure(9, 0.8 + 0.32 * len(ordered))
     labels = [f"{s}: {r}" for s, r, _ in ordered][::-1]
-    bars = ax.barh(labels, [n for _, _, n in ordered][::-1], color=[STAGE_COLOURS[s] for s, _, _ in ordered][::-1])
+    bars = ax.barh(
+        labels, [n for _, _, n in ordered][::-1], color=[STAGE_COLOURS.get(s, ALL) for s, _, _ in ordered][::-1]
+    )
     ax.bar_label(bars, fontsize=8, padding=2)
     ax.set_xlabel("rejected records")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -524,6 +547,47 @@ def section_duplicates(data: RunData, facts: dict[str, Any]) -> Section:
     )
 
 
+def section_examples(data: RunData, facts: dict[str, Any]) -> Section:
+    """A few kept records per kind and a few rejected ones per stage and reason, whatever reasons occur."""
+    body: list[str] = []
+    picks = data.examples
+    kept_groups = sorted(g for g in picks.groups if g.startswith("kept:"))
+    kind_order = {"instruction": 0, "qa": 1, "preference": 2}
+    kept_groups.sort(key=lambda g: (kind_order.get(g[5:], 9), g))
+    stage_order = {s: i for i, s in enumerate(STAGES)}
+    reject_groups = sorted(
+        (g for g in picks.groups if g.startswith("reject:")),
+        key=lambda g: (stage_order.get(g.split(":")[1], 99), g),
+    )
+    facts["examples"] = {
+        "kept": {g[5:]: [e.record_id for e in picks.picked(g)] for g in kept_groups},
+        "rejected": {g[7:]: [e.record_id for e in picks.picked(g)] for g in reject_groups},
+    }
+    body.append("<h3>Kept</h3>")
+    if not kept_groups:
+        body.append(_nodata("no kept samples or preference pairs yet (stage filter has not run or kept nothing)"))
+    for g in kept_groups:
+        shown = picks.picked(g)
+        body.append(f"<h4>{html.escape(g[5:])}: {len(shown)} of {picks.totals[g]:,}</h4>")
+        body.extend(render_example(e, "kept") for e in shown)
+    body.append("<h3>Rejected, per stage and reason</h3>")
+    if not reject_groups:
+        body.append(_nodata("no stage rejected anything"))
+    for g in reject_groups:
+        _, stage, reason = g.split(":", 2)
+        shown = picks.picked(g)
+        body.append(f"<h4>{html.escape(stage)}: {html.escape(reason)} ({len(shown)} of {picks.totals[g]:,})</h4>")
+        body.extend(render_example(e, "rejected") for e in shown)
+    return Section(
+        "examples",
+        "Example records",
+        f"Up to {picks.n} kept records per kind and {picks.n} rejected records per stage and reason, with their "
+        "source and the reject's detail. They are picked by a hash of the record id, so the same run shows the "
+        "same examples. Click a folded text to read all of it.",
+        body,
+    )
+
+
 def _clip(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -654,6 +718,12 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{padding:3px 10p
 text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f0f3f6}
 .nodata{color:#8a5a00;background:#fff6e0;border-left:4px solid #e9c46a;padding:6px 10px;font-size:13px}
 .note{color:#4a5a68;font-size:13px}.problem{color:#9b2226;font-size:13px}
+h4{font-size:14px;margin:14px 0 4px}.example{border-left:4px solid #8d99ae;background:#f8f9fb;margin:6px 0;
+padding:6px 10px;font-size:13px}.example.kept{border-color:#2a9d8f}.example.rejected{border-color:#e76f51}
+.exfacts{color:#4a5a68;margin-bottom:4px}.exfact{margin-right:14px;overflow-wrap:anywhere}
+.exlabel{font-weight:600;color:#264653}.extext{margin:3px 0}summary{cursor:pointer;color:#264653}
+.extext pre{white-space:pre-wrap;overflow-wrap:anywhere;font-family:inherit;margin:2px 0 4px;background:#fff;
+padding:4px 8px;border:1px solid #e3e7eb;border-radius:4px;max-height:420px;overflow:auto}
 """
 
 
@@ -685,6 +755,7 @@ def build_report(store: RunStore) -> str:
     sections = [
         section_stages(data, facts),
         section_rejects(data, facts),
+        section_examples(data, facts),
         section_lengths(data, facts),
         section_scores(data, facts),
         section_duplicates(data, facts),

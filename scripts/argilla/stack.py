@@ -8,18 +8,24 @@ The default owner is created with argilla-server's own CLI: user ``argilla``, AP
     python scripts/argilla/stack.py            # serves http://127.0.0.1:6900 until Ctrl-C
     python scripts/argilla/stack.py --port 0   # any free port
 
+It stops all three processes on Ctrl-C (SIGINT), on SIGTERM (``kill``, a service manager, a container
+stop) and when the process that started it dies; on Linux each server is also told to exit if this script
+itself is killed outright (SIGKILL), so no redis-server or Argilla app is left behind.
+
 Set up .venv-argilla and redis-server first: bash scripts/argilla/setup.sh (scripts/setup.sh does it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +39,20 @@ VENV = Path(os.environ.get("DATAPIPE_ARGILLA_VENV", ROOT / ".venv-argilla"))
 API_KEY = "argilla.apikey"
 USERNAME = "argilla"
 PASSWORD = "datapipe-owner"
+
+
+_PR_SET_PDEATHSIG = 1
+try:  # looked up once here: the child between fork and exec should not load libraries
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (prctl PR_SET_PDEATHSIG); a no-op
+    elsewhere. Used in each server's child process and in main(), so a killed parent leaves nothing behind."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def free_port() -> int:
@@ -60,7 +80,15 @@ class ArgillaStack:
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
         out = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=kw.pop("stdout", out), stderr=out, env=env, start_new_session=True, **kw)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=kw.pop("stdout", out),
+            stderr=out,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            **kw,
+        )
         self.procs[name] = proc
         return proc
 
@@ -189,21 +217,40 @@ class ArgillaStack:
         self.stop()
 
 
+class _Stop(Exception):
+    """Raised in the main thread by the SIGTERM/SIGHUP handler, so the stack unwinds as on Ctrl-C."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=6900, help="argilla port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--workdir", type=Path, help="keep the database and logs here (default: a temp folder)")
     args = parser.parse_args()
+    parent = os.getppid()
+    die_with_parent(signal.SIGTERM)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="datapipe-argilla-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    with ArgillaStack(workdir).start(port=args.port) as stack:
+    stack = ArgillaStack(workdir)
+    try:
+        stack.start(port=args.port)
         print(f"Argilla {stack.url}  (user {stack.username} / {stack.password}, API key {stack.api_key})", flush=True)
-        print(f"logs and database in {workdir}; Ctrl-C stops", flush=True)
-        try:
-            while all(p.poll() is None for p in stack.procs.values()):
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+        print(f"logs and database in {workdir}; Ctrl-C or SIGTERM stops", flush=True)
+        while all(p.poll() is None for p in stack.procs.values()) and os.getppid() == parent:
+            time.sleep(1)
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the cleanup
+            signal.signal(sig, signal.SIG_IGN)
+        stack.stop()
 
 
 if __name__ == "__main__":

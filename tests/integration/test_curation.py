@@ -147,10 +147,11 @@ def test_push_creates_one_dataset_per_kind_and_pushing_again_adds_nothing(run: P
     first = _cli("curate", "push", str(run))
     assert first.exit_code == 0, first.output
     facts = RunStore(run).read_json("curate", "push.json")
+    fresh = {"updated": 0, "removed_stale": 0, "removed_stale_reviewed": 0}
     assert facts["datasets"] == {
-        "exp-instruction": {"records": 35, "new": 35, "updated": 0, "on_server": 35},
-        "exp-qa": {"records": 15, "new": 15, "updated": 0, "on_server": 15},
-        "exp-preference": {"records": 6, "new": 6, "updated": 0, "on_server": 6},
+        "exp-instruction": {"records": 35, "new": 35, **fresh, "on_server": 35},
+        "exp-qa": {"records": 15, "new": 15, **fresh, "on_server": 15},
+        "exp-preference": {"records": 6, "new": 6, **fresh, "on_server": 6},
     }
     records = {r["external_id"]: r for r in _records(argilla, "exp-qa")}
     assert set(records) == {f"sample-{i:05d}" for i in range(35, 50)}
@@ -358,3 +359,132 @@ def test_the_export_flow_pulls_reviews_and_publishes_a_version(run: Path, argill
     assert key and decisions["sample-00001"].decision == "discarded"
     rows = pq.read_table(run / "exports" / "chatml" / "train.parquet").to_pylist()
     assert "sample-00001" not in {r["id"] for r in rows} and len(rows) == 47
+
+
+def _dataset(argilla: Any, name: str) -> dict[str, Any]:
+    with _owner(argilla) as c:
+        ds = next(d for d in c.get("/api/v1/me/datasets").json()["items"] if d["name"] == name)
+        full = c.get(f"/api/v1/datasets/{ds['id']}").json()
+        full["questions"] = {q["name"]: q for q in c.get(f"/api/v1/datasets/{ds['id']}/questions").json()["items"]}
+        return dict(full)
+
+
+def test_pushed_datasets_carry_the_guidelines_and_a_push_updates_them(run: Path, argilla: Any) -> None:
+    """Read back through the HTTP API: each dataset's guidelines are its kind's text from
+    prompts/review_guidelines/, the quality question says what 1 and 5 mean, and a dataset pushed
+    with older texts gets the current ones on the next push."""
+    from datapipe.curate.guidelines import load_guidelines
+
+    assert _cli("curate", "push", str(run)).exit_code == 0
+    for kind in ("instruction", "qa", "preference"):
+        ds = _dataset(argilla, f"exp-{kind}")
+        guide = load_guidelines(kind)
+        assert ds["guidelines"] == guide.text
+        for criterion in (
+            "names its subject",
+            "supported by the source context",
+            "language of the source context",
+            "verbatim copy",
+            "| 5 | ready to train on",
+        ):
+            assert criterion in ds["guidelines"], f"{kind}: guidelines lack {criterion!r}"
+        quality = ds["questions"]["quality"]
+        assert "1 = unusable" in quality["title"] and "5 = ready to train on" in quality["title"]
+        assert "5 ready to train on" in quality["description"] and "1 unusable" in quality["description"]
+        assert "whole response" in ds["questions"]["correction"]["description"]
+    assert "clearly better *in quality*" in _dataset(argilla, "exp-preference")["guidelines"]
+    assert "taxonomy" in _dataset(argilla, "exp-qa")["guidelines"]
+    facts = RunStore(run).read_json("curate", "push.json")
+    assert facts["guidelines"]["exp-qa"]["hash"] == load_guidelines("qa").hash
+
+    # A dataset pushed by an older datapipe (other guidelines and question texts) is brought up to date.
+    ds = _dataset(argilla, "exp-qa")
+    with _owner(argilla) as c:
+        c.patch(f"/api/v1/datasets/{ds['id']}", json={"guidelines": "Keep or discard each record."}).raise_for_status()
+        q = ds["questions"]["quality"]
+        c.patch(f"/api/v1/questions/{q['id']}", json={"title": "Quality (1 poor - 5 excellent)"}).raise_for_status()
+    assert _dataset(argilla, "exp-qa")["guidelines"] == "Keep or discard each record."
+    assert _cli("curate", "push", str(run)).exit_code == 0
+    again = _dataset(argilla, "exp-qa")
+    assert again["guidelines"] == load_guidelines("qa").text
+    assert again["questions"]["quality"]["title"] == load_guidelines("qa").questions["quality"].title
+
+
+def test_samples_a_later_run_no_longer_has_are_removed_on_push(argilla: Any, tmp_path: Path) -> None:
+    """The filter output changes between pushes (some samples gone, some new, no QA left): the next push
+    deletes the records of the vanished samples, counts them in push.json and leaves the rest with their reviews."""
+    run_dir = make_run(tmp_path, _samples(), pairs=[make_pair(i) for i in range(6)])
+    _set_curate(run_dir, api_url=argilla.url, workspace="review", dataset_prefix="stale")
+    assert _cli("curate", "push", str(run_dir)).exit_code == 0
+    ins = _ids(argilla, "stale-instruction")
+    with _reviewer(argilla, "rev-stale") as rev:
+        _review(rev, ins["sample-00003"], keep="keep", quality=4)  # reviewed, then it vanishes
+        _review(rev, ins["sample-00010"], keep="keep", quality=5)  # reviewed, and it stays
+
+    store = RunStore(run_dir)
+    key = store.current_keys("filter")[0]
+    gone = {f"sample-{i:05d}" for i in (1, 2, 3, 4)}
+    now = [s for s in _samples() if s.kind == "instruction" and s.id not in gone]
+    now += [make_sample(i) for i in (90, 91)]  # new samples
+    store.write_shard("filter", key, Sample.to_table(now), store.read_shard_rejects("filter", key))
+    pushed = _cli("curate", "push", str(run_dir))
+    assert pushed.exit_code == 0, pushed.output
+    assert "removed (stale)" in pushed.output
+
+    datasets = store.read_json("curate", "push.json")["datasets"]
+    assert datasets["stale-instruction"] == {
+        "records": 33,
+        "new": 2,
+        "updated": 31,
+        "removed_stale": 4,
+        "removed_stale_reviewed": 1,
+        "on_server": 33,
+    }
+    assert datasets["stale-qa"]["removed_stale"] == 15 and datasets["stale-qa"]["on_server"] == 0
+    assert datasets["stale-preference"]["removed_stale"] == 0 and datasets["stale-preference"]["on_server"] == 6
+    on_server = _records(argilla, "stale-instruction")
+    assert {r["external_id"] for r in on_server} == {s.id for s in now}
+    assert _records(argilla, "stale-qa") == []
+    with _owner(argilla) as c:  # the review of a record that stays is still there
+        ds_id = on_server[0]["dataset_id"]
+        body = c.get(f"/api/v1/datasets/{ds_id}/records", params={"limit": 1000, "include": ["responses"]})
+        body.raise_for_status()
+    kept = next(r for r in body.json()["items"] if r["external_id"] == "sample-00010")
+    assert [r["values"]["quality"]["value"] for r in kept["responses"]] == [5]
+
+
+def test_the_argilla_ui_shows_the_guidelines(run: Path, argilla: Any) -> None:
+    """Headless Chromium opens a pushed dataset's record view and the Guidelines panel: the criteria are on screen."""
+    from playwright.sync_api import sync_playwright
+
+    assert _cli("curate", "push", str(run)).exit_code == 0
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: run `bash scripts/setup.sh` as root, or apt-get install chromium"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "argilla-ui-guidelines.png"
+    with _owner(argilla) as c:
+        ds = next(d for d in c.get("/api/v1/me/datasets").json()["items"] if d["name"] == "exp-instruction")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        page.goto(f"{argilla.url}/sign-in", wait_until="networkidle")
+        page.fill("input[name=username], input#username, input[type=text]", argilla.username)
+        page.fill("input[type=password]", argilla.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url(lambda url: "sign-in" not in url, timeout=30_000)
+        page.goto(f"{argilla.url}/dataset/{ds['id']}/annotation-mode", wait_until="networkidle")
+        page.get_by_text("about clause").first.wait_for(timeout=30_000)
+        page.get_by_text("Guidelines", exact=True).first.click()
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            text = page.inner_text("body")
+            if "Keep it when all of these hold" in text:
+                break
+            time.sleep(0.5)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shot), full_page=False)
+        browser.close()
+    assert "Keep it when all of these hold" in text, f"the guidelines panel did not open; screenshot: {shot}"
+    assert "The question stands on its own" in text and "about clause" in text, f"screenshot: {shot}"
+    assert "1 = unusable" in text, f"the quality question's title is not on the page; screenshot: {shot}"

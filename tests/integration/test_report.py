@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,14 +20,17 @@ from datapipe.cli import app
 from datapipe.records import Chunk, Sample
 from datapipe.report.html import reason_code
 from datapipe.store import RunStore
+from tests.conftest import REPO
 from tests.integration.smallrun import DUPLICATED, make_small_run
+from tests.unit.test_report_examples import HOSTILE, hostile_run
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
-SECTIONS = ("stages", "rejects", "lengths", "scores", "duplicates", "coverage", "tokens")
+SECTIONS = ("stages", "rejects", "examples", "lengths", "scores", "duplicates", "coverage", "tokens")
 PNG = "data:image/png;base64,"
 HEADER_RGB = (0x26, 0x46, 0x53)  # the report's header band
 KEPT_RGB = (0x2A, 0x9D, 0x8F)  # "out" / "kept" bars in the figures
+ARTIFACTS = Path(os.environ.get("DATAPIPE_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +110,17 @@ def test_report_numbers_match_the_manifests(run_dir: Path, report: Path) -> None
     for key, row in facts["scores"].items():
         assert row["kept"] == sum(1 for s in kept if key in s.scores)
 
+    # example records: real kept samples of each kind, and a few rejects for every stage and reason there is
+    kept_ids = {s.id for s in kept}
+    assert facts["examples"]["kept"], "no kept examples"
+    for kind, ids in facts["examples"]["kept"].items():
+        assert ids and set(ids) <= kept_ids, kind
+    reasons = {f"{s}:{r}" for s, c in expected_reasons.items() for r in c}
+    assert set(facts["examples"]["rejected"]) == reasons
+    examples = section(page, "examples")
+    for ids in facts["examples"]["kept"].values():
+        assert all(i in examples for i in ids)
+
 
 def test_report_is_self_contained(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
@@ -163,3 +178,56 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
 
 def _near(c: Any, ref: tuple[int, int, int], tol: int = 6) -> bool:
     return all(abs(int(a) - b) <= tol for a, b in zip(c, ref, strict=True))
+
+
+def _chromium() -> str:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed: run `bash scripts/setup.sh` as root or `apt-get install chromium`")
+    return chromium
+
+
+def test_report_screenshots_show_the_chart_and_examples(run_dir: Path, report: Path, tmp_path: Path) -> None:
+    """Screenshots for people (test-artifacts/report-*.png): the first chart and the example records,
+    with the first folded text opened, as Chromium renders them."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(report.as_uri(), wait_until="load")
+        page.locator("section#stages").screenshot(path=str(ARTIFACTS / "report-stages.png"))
+        examples = page.locator("section#examples")
+        examples.locator("details").first.evaluate("d => d.open = true")
+        examples.screenshot(path=str(ARTIFACTS / "report-examples.png"))
+        shown = examples.inner_text()
+        browser.close()
+    facts = facts_of(report.read_text(encoding="utf-8"))
+    first_kept = next(iter(facts["examples"]["kept"].values()))[0]
+    assert first_kept in shown and "Rejected, per stage and reason" in shown
+    for name in ("report-stages.png", "report-examples.png"):
+        with Image.open(ARTIFACTS / name) as im:
+            assert im.size[0] > 600 and im.size[1] > 200, name
+
+
+def test_a_hostile_sample_renders_as_text(tmp_path: Path) -> None:
+    """A sample whose question holds a script tag and markup: Chromium shows the characters, runs nothing."""
+    from playwright.sync_api import sync_playwright
+
+    from datapipe.report.html import write_report
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    out = write_report(hostile_run(tmp_path / "run"), tmp_path / "hostile.html")
+    dialogs: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(Path(out).as_uri(), wait_until="load")
+        text = page.locator("section#examples").inner_text()
+        bold = page.locator("section#examples b", has_text="bold").count()
+        page.locator("section#examples").screenshot(path=str(ARTIFACTS / "report-hostile-examples.png"))
+        browser.close()
+    assert HOSTILE in text, "the script tag and markup are not shown as text"
+    assert dialogs == [] and bold == 0, "markup from a sample was interpreted"
