@@ -367,8 +367,8 @@ def push(cfg: PipelineConfig, store: RunStore, progress: Any = None) -> PushResu
     guides: dict[str, dict[str, str]] = {}
     try:
         ws = _ensure_workspace(conn, cfg.curate.workspace)
-        for kind in (k for k in cfg.curate.kinds if k not in items):
-            ds = _find_dataset(conn, ws, dataset_name(cfg, kind))
+        for absent in (k for k in cfg.curate.kinds if k not in items):
+            ds = _find_dataset(conn, ws, dataset_name(cfg, absent))
             if ds is not None:  # pushed before, and the run has no record of this kind now
                 removed, reviewed = _remove_stale(ds, set())
                 result.datasets[ds.name] = _push_counts(0, 0, removed, reviewed, _count(ds))
