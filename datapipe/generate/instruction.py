@@ -45,6 +45,8 @@ _TYPE_TAG = re.compile(
     r"([A-Za-z][A-Za-z -]{1,24}?)\s*(?=[:–-]))\s*[:–-]?\s*(.+)$"
 )
 
+_PLACEHOLDER = re.compile(r"\.\.\.|…|<question>|<kind>")
+
 # langdetect's codes -> the name a prompt uses; other codes reach the prompt as "the language with code xx"
 LANGUAGE_NAMES = {
     "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
@@ -100,6 +102,8 @@ class QuestionTask:
             if "?" not in line:
                 continue
             q = line[: line.index("?") + 1].strip()
+            if _PLACEHOLDER.search(q):  # the prompt's own example echoed back ("fact: ...?"), not a question
+                continue
             if len(q) >= 10 and q.lower() not in seen:
                 seen.add(q.lower())
                 out.append((kind, q))

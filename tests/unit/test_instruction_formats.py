@@ -43,9 +43,15 @@ def test_question_kinds_are_parsed(text: str, typed: list[tuple[str | None, str]
     assert _task().typed_questions(text) == typed
 
 
-def test_a_label_without_a_question_is_no_question() -> None:
+@pytest.mark.parametrize(
+    "text",
+    ["fact: Acme was founded in 1950.", 'This Handbook answers "fact: ...?', "<kind>: <question>?"],
+    ids=["no-question-mark", "echoed-example", "echoed-format"],
+)
+def test_no_question_in_the_reply(text: str) -> None:
+    """A label without a question, or the prompt's own example echoed back (a small teacher does), is no question."""
     with pytest.raises(ParseError):
-        _task().typed_questions("fact: Acme was founded in 1950.")
+        _task().typed_questions(text)
 
 
 def test_near_duplicate_questions_are_dropped_with_the_answer_tokens_they_save() -> None:
