@@ -234,7 +234,7 @@ def build_analyzer() -> Any:
                 "Microsoft Presidio (privacy.mode)",
                 "pip install presidio-analyzer==2.2.364 presidio-anonymizer==2.2.366",
             ) from None
-        engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": "en_core_web_sm"}])
+        engine: Any = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": "en_core_web_sm"}])
         engine.nlp = {"en": _load_spacy()}  # loaded: Presidio's own load() would download a missing model
         registry = RecognizerRegistry(supported_languages=["en"])
         for rec in [
