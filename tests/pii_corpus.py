@@ -70,21 +70,26 @@ def make_corpus(folder: Path, n_en: int = 3, n_de: int = 3, seed: int = 19, shar
         for i in range(n):
             first, last = people[i % len(people)] if i < 2 * len(people) else (fake.first_name(), fake.last_name())
             o_first, o_last = fake.first_name(), fake.last_name()
-            corpus.add("first_name", first)
+            values = {
+                "name": f"{first} {last}",
+                "other": f"{o_first} {o_last}",
+                "email": fake.email(),
+                "email2": fake.email(),
+                "phone": fake.phone_number(),
+                "iban": fake.iban(),
+                "card": fake.credit_card_number(card_type="visa16"),
+                "street": fake.street_address(),
+            }
             text = templates[i % len(templates)].format(
-                n=i + 1,
-                name=corpus.add("name", f"{first} {last}"),
-                first=first,
-                other=corpus.add("name", f"{o_first} {o_last}"),
-                year=fake.year(),
-                email=corpus.add("email", fake.email()),
-                email2=corpus.add("email", fake.email()),
-                phone=corpus.add("phone", fake.phone_number()),
-                iban=corpus.add("iban", fake.iban()),
-                card=corpus.add("card", fake.credit_card_number(card_type="visa16")),
-                street=corpus.add("address", fake.street_address()),
-                city=fake.city(),
+                n=i + 1, first=first, year=fake.year(), city=fake.city(), **values
             )
+            kinds = {"name": "name", "other": "name", "email": "email", "email2": "email", "phone": "phone"}
+            kinds |= {"iban": "iban", "card": "card", "street": "address"}
+            for key, value in values.items():
+                if value in text:  # a template may not use every value: only what is in the text is planted
+                    corpus.add(kinds[key], value)
+            if first in text:
+                corpus.add("first_name", first)
             path = folder / f"{lang[:2]}-{i + 1}.md"
             path.write_text(text, encoding="utf-8")
             corpus.files.append(path)

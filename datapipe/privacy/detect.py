@@ -82,6 +82,14 @@ _STREET_SUFFIXES = (
     "Unions?|Valleys?|Viaduct|Views?|Villages?|Ville|Vista|Walks?|Wall|Ways?|Wells?|Boulevard|Blvd\\.|Square"
 )
 _DE_STREET = "(?:[Ss]tra(?:ß|ss)e|str\\.|[Ww]eg|[Gg]asse|[Pp]latz|[Aa]llee|[Rr]ing|[Dd]amm|[Uu]fer|[Cc]haussee|[Pp]fad)"
+_DE_FUNCTION_WORDS = (
+    "Der|Die|Das|Den|Dem|Des|Ein|Eine|Einen|Einem|Einer|Eines|Kein|Keine|Mein|Meine|Dein|Deine|Sein|Seine|Ihr|"
+    "Ihre|Unser|Unsere|Euer|Eure|Dieser|Diese|Dieses|Jeder|Jede|Jedes|Alle|Viele|Einige|Manche|Welche|Welcher|"
+    "Im|Am|Beim|Zum|Zur|Vom|Ins|Auf|Aus|Bei|Mit|Nach|Seit|Von|Zu|Für|Über|Unter|Vor|Hinter|Neben|Zwischen|Durch|"
+    "Gegen|Ohne|Um|Wir|Sie|Er|Es|Ich|Du|Man|Hier|Dort|Heute|Morgen|Gestern|Dann|Danach|Damit|Deshalb|Daher|Auch|"
+    "Nur|Noch|Schon|Bitte|Wenn|Als|Weil|Dass|Ob|Wie|Was|Wer|Wo|Warum|Und|Oder|Aber|Sondern|Doch|Jedoch|Zudem|"
+    "Außerdem|Alle|Beide|Mehrere|Neue|Neuen|Alte|Alten|Weitere|Weiteren|Andere|Anderen"
+)
 _PHONE_CONTEXT = [
     "phone", "telephone", "tel", "call", "mobile", "cell", "fax", "reach", "telefon", "telefonisch", "anrufen",
     "mobil", "handy", "rufnummer", "erreichbar", "durchwahl",
@@ -156,7 +164,21 @@ def _custom_recognizers() -> list[Any]:
             )
         ],
     )
-    return [titled, street, phone, personal_url]
+    german_start = PatternRecognizer(
+        supported_entity="PERSON",
+        name="GermanSentenceNameRecognizer",
+        patterns=[
+            # "Anna Weber hat ...": two capitalised words opening a sentence, then a lowercase word (the verb),
+            # unless the first is an article, pronoun or other capitalised function word (used in German text only)
+            Pattern(
+                "German sentence-initial first and last name",
+                rf"(?:(?<=^)|(?<=[.!?:;]\s))(?!(?:{_DE_FUNCTION_WORDS})\s){_WORD}\s{_WORD}(?=\s+[a-zäöüß])",
+                0.45,
+            )
+        ],
+        global_regex_flags=case,
+    )
+    return [titled, street, phone, personal_url, german_start]
 
 
 def _offline_email_recognizer() -> Any:
@@ -212,7 +234,7 @@ def build_analyzer() -> Any:
                 "Microsoft Presidio (privacy.mode)",
                 "pip install presidio-analyzer==2.2.364 presidio-anonymizer==2.2.366",
             ) from None
-        engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": "en_core_web_sm"}])
+        engine: Any = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": "en_core_web_sm"}])
         engine.nlp = {"en": _load_spacy()}  # loaded: Presidio's own load() would download a missing model
         registry = RecognizerRegistry(supported_languages=["en"])
         for rec in [
@@ -251,6 +273,11 @@ def detect(text: str, entities: list[str], threshold: float) -> list[Finding]:
     german: bool | None = None
     out: list[Finding] = []
     for r in sorted(results, key=lambda r: (-(r.end - r.start), -r.score, r.start)):
+        if (r.recognition_metadata or {}).get("recognizer_name") == "GermanSentenceNameRecognizer":
+            if german is None:
+                german = _is_german(text)
+            if not german:
+                continue
         value = text[r.start : r.end]
         start, end = r.start, r.end
         # spaCy spans may swallow trailing punctuation or a possessive

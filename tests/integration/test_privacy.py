@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from datapipe.cli import app
@@ -90,15 +91,27 @@ def test_pseudonymised_run_sends_and_exports_no_planted_pii(tmp_path: Path, llam
             assert v not in exported, f"planted {kind} {v!r} in the export"
             assert v not in every_manifest, f"planted {kind} {v!r} in a manifest"
 
-    # --reidentify: a separate owner-only copy with the real values back
-    _invoke("export", str(run_dir), "--reidentify")
-    restored_dir = run_dir / "exports" / "chatml-reidentified"
-    restored = _parquet_text(restored_dir)
-    used = {t for t in mapping if t in exported}
-    assert used, "the export holds no pseudonym to restore"
-    for token in used:
+    # --reidentify. The 135M model seldom repeats a placeholder, so the teacher's replies are scripted through
+    # the proxy as a capable teacher would write them: a question and an answer that use the pseudonyms it saw
+    person = next(t for t in mapping if t.startswith("[PERSON_") and t in sent)
+    email = next(t for t in mapping if t.startswith("[EMAIL_ADDRESS_") and t in sent)
+    script = [f"content:What does {person} do in the team?", f"content:{person} handles escalations; write to {email}."]
+    with FaultProxy(upstream, free_port(), script, record_bodies=True) as scripted:
+        cfg = yaml.safe_load(config.read_text())
+        cfg["teacher"]["base_url"] = scripted.base_url
+        cfg["generate"] = {**FAST_GENERATE, "max_chunks": 1, "question_params": {"max_new_tokens": 41, "seed": 2}}
+        config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        for stage in ("generate", "filter"):
+            _invoke(stage, str(config))
+        _invoke("export", str(run_dir), "--reidentify")
+    assert len(scripted.bodies) == 2
+    exported = _parquet_text(export_dir)
+    restored = _parquet_text(run_dir / "exports" / "chatml-reidentified")
+    assert person in exported and email in exported
+    for token in (person, email):
         assert token not in restored and mapping[token]["value"] in restored
-    assert stat.S_IMODE(os.stat(restored_dir).st_mode) == 0o700
+        assert mapping[token]["value"] not in exported
+    assert stat.S_IMODE(os.stat(run_dir / "exports" / "chatml-reidentified").st_mode) == 0o700
 
 
 def _non_loopback_ip() -> str:
@@ -110,8 +123,9 @@ def _non_loopback_ip() -> str:
 
 
 def test_confidential_source_refused_for_non_local_teacher_before_any_request(
-    tmp_path: Path, llama_server: LlamaServer
+    tmp_path: Path, llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "key-for-a-non-loopback-address")  # the llama.cpp server ignores it
     make_corpus(tmp_path / "docs", n_en=1, n_de=1)
     upstream = llama_server.base_url.removesuffix("/v1")
     with FaultProxy(upstream, free_port(), record_bodies=True, host=_non_loopback_ip()) as proxy:
