@@ -3,7 +3,7 @@
 * ``axolotl.yaml``: a whole Axolotl config: the ``datasets:`` (and ``test_datasets:``) entries for
   these files with their field and role mappings, the model's own chat template, loss on assistant
   turns only (``roles_to_train: [assistant]``, ``train_on_eos: turn``), ``rl: dpo`` for pairs, and
-  plain training settings to edit. Run: ``axolotl train axolotl.yaml --base_model=MODEL``.
+  plain training settings to edit. Run: ``axolotl train axolotl.yaml --base-model MODEL``.
 * ``dataset_info.json``: LLaMA-Factory's dataset registry for this folder (sharegpt, alpaca and
   ranking entries), so the folder itself is the ``dataset_dir``.
 * ``llamafactory.yaml``: a LLaMA-Factory training config over those entries (LoRA, ``stage: sft``,
@@ -83,7 +83,7 @@ def commands(result: ExportResult) -> dict[str, str]:
     """The command line per trainer, run from any folder (the configs name absolute paths)."""
     out = result.out_dir
     return {
-        "axolotl": f"axolotl train {out}/axolotl.yaml --base_model=MODEL",
+        "axolotl": f"axolotl train {out}/axolotl.yaml --base-model MODEL",
         "llamafactory": f"llamafactory-cli train {out}/llamafactory.yaml model_name_or_path=MODEL",
         "trl": f"python {out}/trl_example.py",
     }

@@ -11,6 +11,7 @@ some with their own system prompt) and written by datapipe's real export code.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from datapipe.export import ExportOptions, ExportResult, export_records
+from datapipe.export import ExportOptions, ExportResult, export_records, trainers
 from datapipe.export.formats import SHAREGPT_ROLE
 from tests.trainer_kit import facts_from, run_trainer, smollm2_model
 from tests.unit.test_export import SYSTEM, make_pair, make_sample
@@ -164,20 +165,17 @@ def test_axolotl_dpo_reads_prompt_chosen_and_rejected(model: Path, tok: Any, tmp
 
 
 def test_axolotl_train_runs_a_step_on_the_written_config(model: Path, tmp_path: Path) -> None:
-    """``axolotl train axolotl.yaml --base-model MODEL`` (the command the card prints), on CPU: the python
-    launcher, fp32 and one step; it saves the trained model."""
+    """The command the card prints, ``axolotl train axolotl.yaml --base-model MODEL``, on CPU: with the
+    python launcher, fp32 and one step; it saves the trained model."""
     result = _export(tmp_path, "chatml", samples())
     work = tmp_path / "train"
     work.mkdir()
-    out = run_trainer(
-        "axolotl",
-        [
-            "axolotl", "train", str(result.out_dir / "axolotl.yaml"), "--launcher", "python",
-            "--base-model", str(model), "--max-steps", "1", "--micro-batch-size", "1",
-            "--gradient-accumulation-steps", "1", "--bf16", "false",
-            "--output-dir", str(work / "out"), "--dataset-prepared-path", str(work / "prepared"),
-        ],
-        work,
-    )  # fmt: skip
+    command = shlex.split(trainers.commands(result)["axolotl"].replace("MODEL", str(model)))
+    assert command[:3] == ["axolotl", "train", str(result.out_dir / "axolotl.yaml")]
+    cpu_one_step = [
+        "--launcher", "python", "--max-steps", "1", "--micro-batch-size", "1", "--gradient-accumulation-steps", "1",
+        "--bf16", "false", "--output-dir", str(work / "out"), "--dataset-prepared-path", str(work / "prepared"),
+    ]  # fmt: skip
+    out = run_trainer("axolotl", [*command, *cpu_one_step], work)
     assert "'train_loss'" in out or "train_loss" in out
     assert (work / "out" / "model.safetensors").is_file()

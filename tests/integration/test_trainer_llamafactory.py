@@ -14,6 +14,7 @@ so LLaMA-Factory parses the tokenizer's chat template, as the written config doe
 from __future__ import annotations
 
 import json
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from datapipe.export import ExportResult
+from datapipe.export import ExportResult, trainers
 from tests.integration.test_trainer_axolotl import _export, messages_of, samples
 from tests.trainer_kit import facts_from, run_trainer, smollm2_model
 from tests.unit.test_export import SYSTEM, make_pair
@@ -139,14 +140,10 @@ def test_llamafactory_cli_trains_a_step_on_the_written_config(fmt: str, model: P
     records = [make_pair(i) for i in range(8)] if fmt == "dpo" else samples()
     result = _export(tmp_path, fmt, records, **({"system_prompt": SYSTEM} if fmt == "dpo" else {}))
     out_dir = tmp_path / "saves"
-    out = run_trainer(
-        "llamafactory",
-        [
-            "llamafactory-cli", "train", str(result.out_dir / "llamafactory.yaml"),
-            f"model_name_or_path={model}", "max_steps=1", "per_device_train_batch_size=1",
-            "gradient_accumulation_steps=1", f"output_dir={out_dir}",
-        ],
-        tmp_path,
-    )  # fmt: skip
+    command = shlex.split(trainers.commands(result)["llamafactory"].replace("MODEL", str(model)))
+    assert command[:3] == ["llamafactory-cli", "train", str(result.out_dir / "llamafactory.yaml")]
+    one_step = ["max_steps=1", "per_device_train_batch_size=1", "gradient_accumulation_steps=1"]
+    one_step.append(f"output_dir={out_dir}")
+    out = run_trainer("llamafactory", [*command, *one_step], tmp_path)
     assert "train_loss" in out
     assert (out_dir / "adapter_model.safetensors").is_file()

@@ -3,7 +3,7 @@ what Axolotl produced as JSON. Run in ``.venv-axolotl``:
 ``python axolotl_facts.py AXOLOTL_YAML BASE_MODEL WORK_DIR``.
 
 Axolotl code that runs: ``axolotl.cli.config.load_cfg`` (reads and validates the YAML, the
-``base_model`` given as a command-line override, exactly as ``axolotl train CONFIG --base_model=...``
+``base_model`` given as a command-line override, exactly as ``axolotl train CONFIG --base-model ...``
 does), then ``axolotl.common.datasets.load_datasets`` (SFT: ``prepare_datasets``, the
 ``chat_template``/``alpaca``/``completion`` prompt strategies, tokenisation and label masking) or
 ``load_preference_datasets`` (``rl: dpo``: the ``chat_template.default`` DPO strategy).
