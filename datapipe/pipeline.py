@@ -74,7 +74,11 @@ def teacher_record(teacher: Any, stats_elsewhere: list[dict[str, Any]] | None, r
     """A teacher's identity and statistics for a manifest, with those its stage's parts reported under ``role``
     (``{"teacher": ..., "second_model": ...}`` per part) added up."""
     parts = [st[role] for st in stats_elsewhere or [] if role in st]
-    return {**teacher.identity, **merge_stats([teacher.stats.as_dict(), *parts])}
+    own = teacher.stats.as_dict()
+    merged = merge_stats([own, *parts])
+    if parts:  # a maximum is not a sum
+        merged["retry_after_max_s"] = max(p.get("retry_after_max_s", 0.0) for p in [own, *parts])
+    return {**teacher.identity, **merged}
 
 
 def write_output(store: RunStore, stage: str, key: str, table: Any, rejects: list[Reject]) -> tuple[str, int, int]:

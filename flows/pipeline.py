@@ -94,9 +94,30 @@ def chunk_task(target: str, done_elsewhere: dict[str, float] | None = None) -> d
     return stages.run_chunk(load_target(target), _progress, done_elsewhere=done_elsewhere)
 
 
-def _complete(result: dict[str, Any], allow_partial: bool) -> dict[str, Any]:
+_earlier_attempts: dict[tuple[str, str], dict[str, Any]] = {}
+"""(target, stage) -> teacher statistics of the task's attempts that ended with records pending, so the
+manifest of the attempt that completes counts every request, retry and fault of the run (not the last try's)."""
+
+
+def _complete(result: dict[str, Any], allow_partial: bool, target: str = "") -> dict[str, Any]:
     """A stage's manifest, or PendingError (transient: the task is retried) when it left records pending."""
-    return result if STOP in result else check_pending(result, allow_partial)
+    if STOP in result:
+        return result
+    stage = result.get("stage", "")
+    try:
+        out = check_pending(result, allow_partial)
+    except PendingError:
+        if "teacher" in result:  # what this flow run's teacher did so far (concurrency traces are per attempt)
+            skip = ("concurrency", "endpoints", "unreachable")
+            _earlier_attempts[(target, stage)] = {k: v for k, v in result["teacher"].items() if k not in skip}
+        raise
+    _earlier_attempts.pop((target, stage), None)
+    return out
+
+
+def _with_earlier(target: str, stage: str, stats_elsewhere: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    earlier = _earlier_attempts.get((target, stage))
+    return [*(stats_elsewhere or []), *([{"teacher": earlier}] if earlier else [])]
 
 
 @task(name="generate", **_task_opts)
@@ -107,10 +128,9 @@ def generate_task(
     allow_partial: bool = False,
 ) -> dict[str, Any]:
     cfg = load_target(target)
-    result = _budgeted(
-        stages.run_generate, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats_elsewhere
-    )
-    return _complete(result, allow_partial)
+    stats = _with_earlier(target, "generate", stats_elsewhere)
+    result = _budgeted(stages.run_generate, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats)
+    return _complete(result, allow_partial, target)
 
 
 @task(name="filter", **_task_opts)
@@ -214,10 +234,9 @@ def preference_task(
     allow_partial: bool = False,
 ) -> dict[str, Any]:
     cfg = load_target(target)
-    result = _budgeted(
-        stages.run_preference, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats_elsewhere
-    )
-    return _complete(result, allow_partial)
+    stats = _with_earlier(target, "preference", stats_elsewhere)
+    result = _budgeted(stages.run_preference, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats)
+    return _complete(result, allow_partial, target)
 
 
 @task(name="export", **_task_opts)
@@ -296,6 +315,7 @@ def pipeline_flow(
             result: dict[str, Any] = state.result()  # type: ignore[assignment]
             return result
         return state
+    _earlier_attempts.clear()  # attempts of an earlier flow run in this process are not this run's
     with guarded_run(target, "datapipe-pipeline") as record:
         cfg = load_target(target)
         partial = cfg.allow_partial if allow_partial is None else allow_partial

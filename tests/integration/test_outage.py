@@ -153,9 +153,10 @@ def test_teacher_down_then_up(tmp_path: Path, corpus_docs: Path) -> None:
     first = _run(cfg)  # nothing listens on the port
     gen1 = _assert_stopped_pending(first, store, endpoint)
     assert gen1["counts"]["out"] == 0 and gen1["teacher"]["calls"] > 0
-    # the breaker stops each attempt early: the Prefect task (3 attempts) never spends its retry budget per chunk
     conn = sum(n for k, n in gen1["teacher"]["faults"].items() if k.startswith("connection error"))
-    assert conn <= 3 + 2, gen1["teacher"]["faults"]  # unreachable_after + requests already in flight
+    # the Prefect task ran 3 times (2 retries); each attempt stopped after unreachable_after=3 failures in a row
+    # (+ at most the other request in flight), and the manifest counts the attempts together
+    assert 3 * 3 <= conn <= 3 * (3 + 1), gen1["teacher"]["faults"]
 
     with llama_server_on(port, tmp_path / "server.log") as server:
         second = _run(cfg)
@@ -190,7 +191,7 @@ def test_outage_mid_stage_stops_early_and_resumes(tmp_path: Path, corpus_docs: P
     assert len(answered_first) == 5 and down.counts()["down"] >= 1
     gen1 = _assert_stopped_pending(first, store, down.base_url)
     conn = sum(n for k, n in gen1["teacher"]["faults"].items() if k.startswith("connection error"))
-    assert conn <= 3 + 2, gen1["teacher"]["faults"]  # stopped after 3 in a row (+ requests in flight)
+    assert conn <= 3 * (3 + 1), gen1["teacher"]["faults"]  # 3 attempts, each stopped after 3 in a row (+ in flight)
     assert _cache_keys(root) == 5  # the answers received before the outage are kept
 
     with FaultProxy(upstream, port) as up:
