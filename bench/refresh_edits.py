@@ -150,15 +150,18 @@ def sentence_slots(paragraphs: list[Paragraph]) -> list[tuple[int, int]]:
     return [(i, j) for i, p in enumerate(paragraphs) if not p.title for j, _ in enumerate(_SENTENCE_END.split(p.text))]
 
 
-def edit(paragraphs: list[Paragraph], op: str, where: str) -> tuple[list[Paragraph], str]:
+def edit(paragraphs: list[Paragraph], op: str, where: str) -> tuple[list[Paragraph], str, int]:
     """The paragraphs with one sentence inserted after / deleted at / changed at the start, middle or end
-    sentence, and the sentence that marks the edit (inserted, deleted or changed text)."""
+    sentence; the sentence that marks the edit (inserted, deleted or changed text); and how often that text
+    occurs before the edited place (in the version that holds it), to find the edited chunk, not a namesake."""
     slots = sentence_slots(paragraphs)
     pi, si = slots[{"start": 0, "middle": len(slots) // 2, "end": len(slots) - 1}[where]]
     sents = _SENTENCE_END.split(paragraphs[pi].text)
+    before_here = " ".join(p.text for p in paragraphs[:pi])
     if op == "insert":
         sents.insert(si + 1, INSERTED)
         marker = INSERTED
+        si += 1
     elif op == "delete":
         marker = sents.pop(si)
         if not sents:
@@ -168,7 +171,20 @@ def edit(paragraphs: list[Paragraph], op: str, where: str) -> tuple[list[Paragra
         sents[si] = marker = (s[:-1] + ", as revised in 2024" + s[-1]) if s[-1:] in ".!?" else s + " (revised 2024)"
     out = list(paragraphs)
     out[pi] = Paragraph(" ".join(sents), False)
-    return out, marker
+    prefix = " ".join([before_here, *(_SENTENCE_END.split(paragraphs[pi].text) if op == "delete" else sents)[:si]])
+    return out, marker, " ".join(prefix.split()).count(marker)
+
+
+def chunks_holding(texts: list[str], marker: str, occurrence: int) -> int:
+    """How many of the document's chunks (in order) the ``occurrence``-th instance of ``marker`` lies in:
+    1, or 2 where a chunk boundary cuts through it (an over-long sentence)."""
+    seen = 0
+    for t in texts:
+        n = " ".join(t.split()).count(marker)
+        if seen + n > occurrence:
+            return 1
+        seen += n
+    return 2
 
 
 def _config(path: Path, base_url: str) -> Path:
@@ -216,7 +232,7 @@ def chunk_texts(folder: Path) -> list[str]:
     from datapipe.store import RunStore
 
     store = RunStore(folder / "runs" / "edits")
-    return [c.text for c in store.iter_records("chunk", Chunk)]
+    return [c.text for c in sorted(store.iter_records("chunk", Chunk), key=lambda c: c.index)]
 
 
 def version(folder: Path, name: str) -> dict[str, Any]:
@@ -265,14 +281,13 @@ def edit_series(name: str, paragraphs: list[Paragraph], work: Path, teacher: Stu
         for where in ("start", "middle", "end"):
             shutil.rmtree(folder)
             shutil.copytree(pristine, folder, symlinks=True)
-            edited, marker = edit(paragraphs, op, where)
+            edited, marker, occurrence = edit(paragraphs, op, where)
             (folder / "docs" / f"{name}.md").write_text(render(edited), encoding="utf-8")
             before = teacher.requests
             manifest = run_once(folder)
             sent = teacher.requests - before
             touched = old_chunks if op == "delete" else chunk_texts(folder)
-            # chunk text joins the sentences of a paragraph with one space, as rendered
-            n_touched = sum(1 for t in touched if marker in " ".join(t.split()))
+            n_touched = chunks_holding(touched, marker, occurrence)
             samples = manifest.get("samples", {})
             results.append(
                 EditResult(
@@ -281,7 +296,7 @@ def edit_series(name: str, paragraphs: list[Paragraph], work: Path, teacher: Stu
                     where,
                     len(old_chunks),
                     sent,
-                    per_chunk * max(1, n_touched),
+                    per_chunk * n_touched,
                     int(samples.get("removed", 0)),
                     replaced_chunks(folder) if manifest.get("new_version") else 0,
                 )
