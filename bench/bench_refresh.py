@@ -15,6 +15,14 @@ server itself, which adds its start-up (several seconds) to every run.
 Run from the project root:
     .venv/bin/python bench/bench_refresh.py [--max-chunks N] [--ephemeral]
 Last line:  RESULT bench_refresh ratio=<rerun/first> rerun_calls=<n> ...
+
+``--edits``: the edit series instead (see bench/refresh_edits.py): in each of several documents of
+the shared corpus and long documents joined from them, one sentence inserted, deleted and changed at
+the start, middle and end; per edit the teacher requests re-sent vs the ideal (the requests of the
+chunks whose text changed) and the samples the new version replaced. Target: re-sent <= 1.5 x ideal
+on average, and no edit replacing more than 3 chunks' samples.
+    .venv/bin/python bench/bench_refresh.py --edits [--docs N] [--long N]
+Last line:  RESULT bench_refresh_edits sent/ideal=<mean ratio> max_replaced_chunks=<n> ...
 """
 
 from __future__ import annotations
@@ -88,11 +96,65 @@ def timed_run(cfg: Path, env: dict[str, str]) -> tuple[float, dict[str, object]]
     }
 
 
+EDIT_DOCS = (
+    "norwich-city.txt",
+    "example-10k-1p.html",
+    "layout-parser-paper-fast.pdf",
+    "handbook-1p.docx",
+    "ideas-page.html",
+)
+
+
+def edits_main(n_docs: int, n_long: int) -> None:
+    """The edit series: per document nine one-sentence edits, each refreshed from the same baseline run."""
+    from refresh_edits import StubTeacher, corpus_paragraphs, edit_series, memoize_embeddings
+
+    load_start = os.getloadavg()[0]
+    memoize_embeddings()
+    corpus = ROOT.parent / "shared" / "corpus" / "docs"
+    docs = {Path(n).stem: corpus_paragraphs(corpus / n) for n in EDIT_DOCS[:n_docs]}
+    everything = [p for paras in docs.values() for p in paras]
+    for i in range(n_long):  # long documents: all of the above joined, in a different order each
+        k = len(everything) * i // max(1, n_long)
+        docs[f"long-{i + 1}"] = everything[k:] + everything[:k]
+    work = Path(tempfile.mkdtemp(prefix="bench-refresh-edits-"))
+    results = []
+    t0 = time.perf_counter()
+    print(f"{'document':<28} {'edit':<15} {'chunks':>6} {'sent':>5} {'ideal':>5} {'replaced':>8} {'of chunks':>9}")
+    try:
+        with StubTeacher() as teacher:
+            for name, paragraphs in docs.items():
+                for r in edit_series(name, paragraphs, work, teacher):
+                    results.append(r)
+                    print(f"{r.doc:<28} {r.op + ' ' + r.where:<15} {r.chunks:>6} {r.sent:>5} {r.ideal:>5} "
+                          f"{r.replaced:>8} {r.replaced_chunks:>9}", flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratios = [r.sent / r.ideal for r in results]
+    mean_ratio = sum(ratios) / len(ratios)
+    worst = max(results, key=lambda r: r.replaced_chunks)
+    print(f"{len(results)} edits in {len(docs)} documents ({time.perf_counter() - t0:.0f} s); "
+          f"re-sent {sum(r.sent for r in results)} requests, ideal {sum(r.ideal for r in results)}; "
+          f"worst: {worst.doc} {worst.op} {worst.where}: samples of {worst.replaced_chunks} chunks")  # fmt: skip
+    report_load(load_start, 1.5)
+    print(
+        f"RESULT bench_refresh_edits sent/ideal={mean_ratio:.2f} max_sent/ideal={max(ratios):.2f} "
+        f"max_replaced_chunks={worst.replaced_chunks} edits={len(results)} "
+        "target: sent/ideal<=1.5 max_replaced_chunks<=3"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-chunks", type=int, default=30, help="chunks sent to the teacher in the first run")
     ap.add_argument("--ephemeral", action="store_true", help="no Prefect server: each run starts its own")
+    ap.add_argument("--edits", action="store_true", help="the edit series (one-sentence edits) instead")
+    ap.add_argument("--docs", type=int, default=len(EDIT_DOCS), help="--edits: corpus documents edited")
+    ap.add_argument("--long", type=int, default=2, help="--edits: long documents (the corpus ones joined) edited")
     args = ap.parse_args()
+    if args.edits:
+        edits_main(args.docs, args.long)
+        return
     load_start = os.getloadavg()[0]
     corpus = ROOT.parent / "shared" / "corpus" / "docs"
     if not corpus.is_dir():

@@ -55,6 +55,9 @@ class ChunkConfig(_Strict):
     breakpoint_percentile: float = Field(
         25.0, ge=0, le=100, description="split where adjacent-sentence similarity is in this lowest percentile"
     )
+    breakpoint_window: int = Field(
+        8, ge=1, description="the percentile is taken over this many gaps on either side (edits stay local)"
+    )
     batch_size: int = Field(64, ge=1)
 
     @model_validator(mode="after")

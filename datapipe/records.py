@@ -1,8 +1,10 @@
 """Typed records passed between stages, each with the Arrow schema it is stored as.
 
 Identity is content-addressed (see :func:`content_id`): a document id hashes its bytes,
-a chunk id hashes document id, span and chunker config, a sample id hashes its inputs,
-task, prompt version, teacher and generation parameters.
+a chunk id hashes its own text, heading, source path and chunker config (not the document's
+bytes or offsets, so a chunk an edit elsewhere did not touch keeps its id; ``document_id`` and
+the char span record where it lies now), a sample id hashes its inputs, task, prompt version,
+teacher and generation parameters.
 """
 
 from __future__ import annotations

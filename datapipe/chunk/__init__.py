@@ -1,10 +1,25 @@
-"""Chunk: documents -> semantically coherent chunks bounded by token counts.
+"""Chunk: documents -> semantically coherent chunks bounded by token counts, stable under edits.
 
-Sentences are embedded with a sentence-transformers model; a chunk ends where the
-similarity between adjacent sentences drops into the configured lowest percentile
-(or at a new section title), provided it already has ``min_tokens``, and always
-before it would exceed ``max_tokens``. Tokens are counted with the embedding
-model's own tokenizer, with truncation off.
+Sentences are embedded with a sentence-transformers model. Every decision is taken from nearby text
+only, so that editing one sentence changes the chunk it falls in (and at most a neighbour), and every
+other chunk keeps its text and its id:
+
+1. A gap between two sentences is a *candidate* break where its score (the adjacent sentences'
+   similarity, a little lower across a paragraph/element boundary) is in the configured lowest
+   percentile of the scores within ``breakpoint_window`` gaps on either side -- not of the whole
+   document, whose percentile any edit would move.
+2. A section title always breaks before itself. A candidate becomes a break when no stronger
+   candidate (or title) lies within ``min_tokens`` tokens of it, and it is ``min_tokens`` away from
+   either end of the document (non-maximum suppression in token distance: a decision that depends
+   on a bounded neighbourhood, not on where the previous chunk happened to start, so boundaries
+   after an edit fall where they fell before).
+3. A stretch between two breaks that is longer than ``max_tokens`` is split at its lowest-scoring
+   gap (recursively), a function of that stretch alone.
+
+Tokens are counted with the embedding model's own tokenizer, with truncation off. A chunk id hashes
+the chunk's own text, heading, source path and the chunker config (and which repeat of that text in
+the document it is), not the document's bytes or offsets: a chunk whose text did not change keeps its
+id, and so do the samples generated from it. The document id and char span stay in the record.
 """
 
 from __future__ import annotations
@@ -36,6 +51,7 @@ class Sentence:
     heading: str | None
     is_title: bool
     heading_path: tuple[str, ...] = ()
+    element: int = -1  # index of the extracted element (span) it lies in
 
 
 def default_model_path() -> str:
@@ -74,7 +90,7 @@ def count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
 def split_sentences(doc: Document) -> list[Sentence]:
     """Split each extracted element into sentences, keeping absolute char offsets."""
     out: list[Sentence] = []
-    for span in doc.spans:
+    for n, span in enumerate(doc.spans):
         text = doc.text[span.start : span.end]
         pos = 0
         for m in list(_SENTENCE_END.finditer(text)) + [None]:
@@ -92,6 +108,7 @@ def split_sentences(doc: Document) -> list[Sentence]:
                         span.heading,
                         span.category == "Title",
                         tuple(span.heading_path),
+                        n,
                     )
                 )
             if m:
@@ -115,9 +132,69 @@ def _split_long(
         for i in range(0, len(words), per):
             group = words[i : i + per]
             a, b = s.start + group[0].start(), s.start + group[-1].end()
-            out_s.append(Sentence(a, b, s.page, s.heading, s.is_title, s.heading_path))
+            out_s.append(Sentence(a, b, s.page, s.heading, s.is_title, s.heading_path, s.element))
             out_n.append(count_tokens(tokenizer, [doc.text[a:b]])[0])
     return out_s, out_n
+
+
+_PARAGRAPH_BONUS = 0.1
+"""Subtracted from a gap's similarity where it crosses an extracted element (paragraph, list item, table)
+boundary: between two equally similar gaps, the break goes where the author put one."""
+
+
+def local_candidates(scores: np.ndarray, percentile: float, window: int) -> np.ndarray:
+    """Boolean per gap: its score is within the ``percentile`` lowest of the gaps at most ``window`` away."""
+    out = np.zeros(len(scores), dtype=bool)
+    for i in range(len(scores)):
+        lo, hi = max(0, i - window), min(len(scores), i + window + 1)
+        out[i] = scores[i] <= np.percentile(scores[lo:hi], percentile)
+    return out
+
+
+def suppress(
+    strength: np.ndarray, candidate: np.ndarray, positions: list[int], min_tokens: int, total: int
+) -> list[int]:
+    """Gaps kept as breaks: a candidate with no stronger (lower, the earlier on a tie) candidate within
+    ``min_tokens`` tokens and at least ``min_tokens`` tokens from both ends. ``positions[g]``: tokens
+    before gap ``g``. Each decision reads only a ``min_tokens`` neighbourhood."""
+    idx = [g for g in range(len(candidate)) if candidate[g]]
+    kept = []
+    for k, g in enumerate(idx):
+        p = positions[g]
+        if p < min_tokens or total - p < min_tokens:
+            continue
+        mine = (strength[g], g)
+        beaten = False
+        for step in (-1, 1):
+            j = k + step
+            while 0 <= j < len(idx) and abs(positions[idx[j]] - p) < min_tokens:
+                if (strength[idx[j]], idx[j]) < mine:
+                    beaten = True
+                    break
+                j += step
+            if beaten:
+                break
+        if not beaten:
+            kept.append(g)
+    return kept
+
+
+def split_range(
+    lo: int, hi: int, lengths: list[int], scores: np.ndarray, min_tokens: int, max_tokens: int
+) -> list[tuple[int, int]]:
+    """Sentence ranges ``[a, b)`` covering ``[lo, hi)``, each at most ``max_tokens``: an over-long range is
+    cut at its lowest-scoring gap that leaves ``min_tokens`` on both sides (else at any gap), recursively."""
+    if sum(lengths[lo:hi]) <= max_tokens or hi - lo < 2:
+        return [(lo, hi)]
+    total = sum(lengths[lo:hi])
+    gaps = list(range(lo, hi - 1))  # gap g lies between sentence g and g + 1
+    left = np.cumsum(lengths[lo:hi])[:-1]
+    roomy = [g for g, n in zip(gaps, left, strict=True) if n >= min_tokens and total - n >= min_tokens]
+    pool = roomy or gaps
+    cut = min(pool, key=lambda g: (scores[g], g))
+    return split_range(lo, cut + 1, lengths, scores, min_tokens, max_tokens) + split_range(
+        cut + 1, hi, lengths, scores, min_tokens, max_tokens
+    )
 
 
 class SemanticChunker:
@@ -131,10 +208,10 @@ class SemanticChunker:
     def model_name(self) -> str:
         return os.path.basename(os.path.normpath(self.cfg.model or default_model_path()))
 
-    def breakpoints(self, texts: list[str]) -> np.ndarray:
-        """Boolean per gap between sentence i and i+1: True where similarity drops."""
+    def similarities(self, texts: list[str]) -> np.ndarray:
+        """Cosine similarity per gap between sentence i and i+1."""
         if len(texts) < 2:
-            return np.zeros(0, dtype=bool)
+            return np.zeros(0)
         emb = self.model.encode(
             texts,
             batch_size=self.cfg.batch_size,
@@ -142,9 +219,12 @@ class SemanticChunker:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        sims = np.sum(emb[:-1] * emb[1:], axis=1)
-        threshold = np.percentile(sims, self.cfg.breakpoint_percentile)
-        return sims <= threshold
+        return np.asarray(np.sum(emb[:-1] * emb[1:], axis=1), dtype=float)
+
+    def breakpoints(self, texts: list[str]) -> np.ndarray:
+        """Boolean per gap between sentence i and i+1: True where similarity drops, judged within the window."""
+        sims = self.similarities(texts)
+        return local_candidates(sims, self.cfg.breakpoint_percentile, self.cfg.breakpoint_window)
 
     def chunk(self, doc: Document) -> list[Chunk]:
         sents = split_sentences(doc)
@@ -152,46 +232,57 @@ class SemanticChunker:
             return []
         lengths = count_tokens(self.tokenizer, [doc.text[s.start : s.end] for s in sents])
         sents, lengths = _split_long(doc, sents, lengths, self.cfg.max_tokens, self.tokenizer)
-        breaks = self.breakpoints([doc.text[s.start : s.end] for s in sents])
-
-        groups: list[list[int]] = [[0]]
-        tokens = lengths[0]
-        for i in range(1, len(sents)):
-            semantic_break = bool(breaks[i - 1]) or sents[i].is_title
-            if tokens + lengths[i] > self.cfg.max_tokens or (semantic_break and tokens >= self.cfg.min_tokens):
-                groups.append([i])
-                tokens = lengths[i]
-            else:
-                groups[-1].append(i)
-                tokens += lengths[i]
-        if len(groups) > 1:
-            last = sum(lengths[i] for i in groups[-1])
-            prev = sum(lengths[i] for i in groups[-2])
-            if last < self.cfg.min_tokens and last + prev <= self.cfg.max_tokens:
-                groups[-2].extend(groups.pop())
-        return [
-            self._make_chunk(doc, [sents[i] for i in g], sum(lengths[i] for i in g), n) for n, g in enumerate(groups)
+        sims = self.similarities([doc.text[s.start : s.end] for s in sents])
+        crosses = np.array([sents[g].element != sents[g + 1].element for g in range(len(sims))], dtype=float)
+        scores = sims - _PARAGRAPH_BONUS * crosses
+        candidate = local_candidates(scores, self.cfg.breakpoint_percentile, self.cfg.breakpoint_window)
+        strength = scores.copy()
+        for g in range(len(sims)):
+            if sents[g + 1].is_title:
+                candidate[g], strength[g] = True, -np.inf
+        positions = np.cumsum(lengths)[:-1].tolist()
+        breaks = suppress(strength, candidate, positions, self.cfg.min_tokens, sum(lengths))
+        edges = [0, *(g + 1 for g in breaks), len(sents)]
+        ranges = [
+            r
+            for a, b in zip(edges, edges[1:], strict=False)
+            for r in split_range(a, b, lengths, scores, self.cfg.min_tokens, self.cfg.max_tokens)
         ]
+        chunks: list[Chunk] = []
+        seen: dict[str, int] = {}
+        for n, (a, b) in enumerate(ranges):
+            chunks.append(self._make_chunk(doc, sents[a:b], sum(lengths[a:b]), n, seen))
+        return chunks
 
-    def _make_chunk(self, doc: Document, sents: list[Sentence], n_tokens: int, index: int) -> Chunk:
+    def _make_chunk(
+        self, doc: Document, sents: list[Sentence], n_tokens: int, index: int, seen: dict[str, int]
+    ) -> Chunk:
         start, end = sents[0].start, sents[-1].end
         pages = sorted({s.page for s in sents if s.page is not None})
         # the section of the chunk's first sentence of text: a chunk opening with titles is about the last one
         body = next((s for s in sents if not s.is_title), sents[0])
+        heading_path = list(body.heading_path) or ([body.heading] if body.heading else [])
+        text = doc.text[start:end]
+        heading = sents[0].heading
+        # identity from the chunk's own text and what its prompts see (not the document's bytes or offsets),
+        # so an edit elsewhere in the document leaves this chunk and its samples as they were
+        ident = content_id(doc.source_path, doc.taxonomy_path, heading, heading_path, doc.title, text, self.config_hash)
+        repeat = seen.get(ident, 0)  # the same text twice in one document: the second gets its own id
+        seen[ident] = repeat + 1
         return Chunk(
-            id=content_id(doc.id, start, end, self.config_hash),
+            id=content_id(ident, repeat) if repeat else ident,
             document_id=doc.id,
             source_path=doc.source_path,
             index=index,
-            text=doc.text[start:end],
+            text=text,
             char_start=start,
             char_end=end,
             pages=pages,
-            heading=sents[0].heading,
+            heading=heading,
             n_tokens=n_tokens,
             n_sentences=len(sents),
             taxonomy_path=doc.taxonomy_path,
-            heading_path=list(body.heading_path) or ([body.heading] if body.heading else []),
+            heading_path=heading_path,
             document_title=doc.title,
         )
 

@@ -91,3 +91,88 @@ def test_sentence_split_offsets_match_text(docs: list[Document]) -> None:
 def test_token_count_is_not_truncated(docs: list[Document]) -> None:
     chunker = SemanticChunker(ChunkConfig())
     assert count_tokens(chunker.tokenizer, [docs[0].text])[0] > 1000
+
+
+def _insert_sentence(doc: Document, at: int, sentence: str) -> Document:
+    """``doc`` with ``sentence`` inserted at char ``at`` (inside an element), spans moved as extract would."""
+    from datapipe.records import Span
+
+    piece = sentence + " "
+    spans = [
+        Span(
+            start=s.start + (len(piece) if s.start >= at else 0),
+            end=s.end + (len(piece) if s.end >= at else 0),
+            page=s.page,
+            category=s.category,
+            heading=s.heading,
+        )
+        for s in doc.spans
+    ]
+    text = doc.text[:at] + piece + doc.text[at:]
+    return doc.model_copy(update={"id": doc.id + "-edited", "text": text, "spans": spans})
+
+
+def test_an_edit_changes_only_the_chunk_it_falls_in_and_every_other_chunk_keeps_its_id(docs: list[Document]) -> None:
+    doc = docs[0]  # norwich-city.txt: about 100 chunks
+    chunker = SemanticChunker(ChunkConfig())
+    before = chunker.chunk(doc)
+    sents = [s for s in split_sentences(doc) if not s.is_title]
+    middle = sents[len(sents) // 2]
+    sentence = "The club also runs a community scheme for schools across the county."
+    edited = _insert_sentence(doc, middle.start, sentence)
+    after = chunker.chunk(edited)
+
+    old = {c.id: c for c in before}
+    new = [c for c in after if c.id not in old]
+    assert any(sentence in c.text for c in new)
+    assert 1 <= len(new) <= 2, [c.text[:80] for c in new]
+    assert len(after) - len(new) >= len(before) - 2  # every chunk but the touched ones (and one neighbour) kept
+    for c in after:
+        if c.id in old:  # same id: same text and heading, the span where it lies now, the new document's id
+            assert (c.text, c.heading) == (old[c.id].text, old[c.id].heading)
+            assert c.text == edited.text[c.char_start : c.char_end] and c.document_id == edited.id
+
+
+def test_the_same_text_twice_in_a_document_gets_two_ids() -> None:
+    from datapipe.records import Span
+
+    para = "The boiler room is locked at all times. Only the caretaker holds a key to it. " * 4
+    other = "Whisk the eggs with sugar until pale. Fold in the flour and bake the cake for forty minutes. " * 4
+    parts = [para.strip(), other.strip(), para.strip()]
+    text = "\n\n".join(parts)
+    spans, pos = [], 0
+    for p in parts:
+        spans.append(Span(start=pos, end=pos + len(p)))
+        pos += len(p) + 2
+    doc = Document(id="d", source_path="d.txt", format="txt", text=text, spans=spans, bytes_sha256="0" * 64)
+    chunks = SemanticChunker(ChunkConfig(min_tokens=16, max_tokens=96)).chunk(doc)
+    texts = [c.text for c in chunks]
+    assert len(set(texts)) < len(texts), texts  # the repeated paragraph is a chunk twice
+    assert len({c.id for c in chunks}) == len(chunks)
+
+
+def test_break_decisions_read_only_a_bounded_neighbourhood() -> None:
+    """Scores changed at one gap move no candidate beyond ``window`` gaps, and no break beyond that plus
+    ``min_tokens`` tokens: what keeps an edit from shifting boundaries far away."""
+    import numpy as np
+
+    from datapipe.chunk import local_candidates, suppress
+
+    rng = np.random.default_rng(7)
+    n, window, min_tokens = 400, 8, 48
+    lengths = rng.integers(8, 40, size=n + 1).tolist()
+    positions = np.cumsum(lengths)[:-1].tolist()
+    scores = rng.uniform(0.0, 0.8, size=n)
+    base_c = local_candidates(scores, 25, window)
+    base_b = set(suppress(scores, base_c, positions, min_tokens, sum(lengths)))
+    for k in (0, 57, 200, 399):
+        changed = scores.copy()
+        changed[k] = -0.5  # the edit: a new, very low similarity
+        cand = local_candidates(changed, 25, window)
+        far = [g for g in range(n) if abs(g - k) > window]
+        assert (cand[far] == base_c[far]).all()
+        breaks = set(suppress(changed, cand, positions, min_tokens, sum(lengths)))
+        moved = range(max(0, k - window), min(n, k + window + 1))  # gaps whose candidacy may have changed
+        reach = {g for g in range(n) if any(abs(positions[g] - positions[h]) < min_tokens for h in moved)}
+        assert breaks - reach == base_b - reach
+        assert k in breaks or positions[k] < min_tokens or sum(lengths) - positions[k] < min_tokens
