@@ -59,7 +59,8 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
     if "instruction" in gen.kinds:
         qp = load_prompt(gen.question_prompt, gen.prompt_version, prompts_dir)
         ap = load_prompt(gen.answer_prompt, gen.prompt_version, prompts_dir)
-        instr = InstructionGenerator(gen, teacher, qp, ap)
+        tp = load_prompt(gen.table_question_prompt, None, prompts_dir) if gen.table_question_prompt else None
+        instr = InstructionGenerator(gen, teacher, qp, ap, tp)
         ihash = instr.config_hash()
         selected = select_chunks(plain, gen.max_chunks)
         q_est = StepEstimate("instruction questions")
@@ -75,7 +76,7 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
             for c in chosen:
                 contexts.append(len(c.text))
                 row = {"context": c.text, "heading": c.heading}
-                q_msgs = instr.questions.format_input(row)
+                q_msgs = instr.question_task(c).format_input(row)
                 hit = cache.get(teacher.request_key(q_msgs, gen.question_params)) if cache else None
                 if hit is None:
                     q_est.add_call(q_msgs, gen.question_params.max_new_tokens)
@@ -90,7 +91,7 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
                     continue
                 q_est.cached += 1
                 try:
-                    questions = instr.questions.format_output(hit["text"], row)["questions"]
+                    questions = instr.question_task(c).format_output(hit["text"], row)["questions"]
                 except ParseError:
                     continue
                 for q in questions:

@@ -5,6 +5,10 @@ similarity between adjacent sentences drops into the configured lowest percentil
 (or at a new section title), provided it already has ``min_tokens``, and always
 before it would exceed ``max_tokens``. Tokens are counted with the embedding
 model's own tokenizer, with truncation off.
+
+A table (a document span of category ``Table``, Markdown) is never cut mid-row: it is one unit, and a
+table longer than ``max_tokens`` is split between rows into parts that each start with the table's
+caption line and header row, so every part reads as a table of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class Sentence:
     page: int | None
     heading: str | None
     is_title: bool
+    prefix: str = ""  # a table part after the first: the table's caption and header rows, repeated
+
+
+_TABLE_RULE = re.compile(r"^\|(?:\s*:?-{3,}:?\s*\|)+\s*$")
 
 
 def default_model_path() -> str:
@@ -75,6 +83,9 @@ def split_sentences(doc: Document) -> list[Sentence]:
     out: list[Sentence] = []
     for span in doc.spans:
         text = doc.text[span.start : span.end]
+        if span.category == "Table":
+            out.append(Sentence(span.start, span.end, span.page, span.heading, False))
+            continue
         pos = 0
         for m in list(_SENTENCE_END.finditer(text)) + [None]:
             end = m.start() if m else len(text)
@@ -89,16 +100,57 @@ def split_sentences(doc: Document) -> list[Sentence]:
     return out
 
 
+def split_table(
+    doc: Document, s: Sentence, max_tokens: int, tokenizer: Any
+) -> tuple[list[Sentence], list[int]] | None:
+    """A Markdown table cut between rows into parts of at most ``max_tokens`` (a single row longer than
+    that stays whole); every part after the first repeats the caption and header rows as its prefix.
+    None when the text holds no Markdown table."""
+    text = doc.text[s.start : s.end]
+    lines = text.split("\n")
+    rule = next((i for i, line in enumerate(lines) if _TABLE_RULE.match(line)), None)
+    if rule is None or rule + 1 >= len(lines):
+        return None
+    head = "\n".join(lines[: rule + 1]) + "\n"
+    offsets, pos = [], 0
+    for line in lines:
+        offsets.append(pos)
+        pos += len(line) + 1
+    rows = list(range(rule + 1, len(lines)))
+    row_tokens = count_tokens(tokenizer, [lines[i] for i in rows])
+    budget = max_tokens - count_tokens(tokenizer, [head])[0]
+    parts: list[list[int]] = [[]]
+    used = 0
+    for i, n in zip(rows, row_tokens, strict=True):
+        if parts[-1] and used + n + 1 > budget:
+            parts.append([])
+            used = 0
+        parts[-1].append(i)
+        used += n + 1
+    out: list[Sentence] = []
+    for k, part in enumerate(parts):
+        a = s.start if k == 0 else s.start + offsets[part[0]]
+        b = s.start + offsets[part[-1]] + len(lines[part[-1]])
+        out.append(Sentence(a, b, s.page, s.heading, False, "" if k == 0 else head))
+    return out, count_tokens(tokenizer, [x.prefix + doc.text[x.start : x.end] for x in out])
+
+
 def _split_long(
     doc: Document, sents: list[Sentence], lengths: list[int], max_tokens: int, tokenizer: Any
 ) -> tuple[list[Sentence], list[int]]:
-    """Cut sentences longer than max_tokens at word boundaries so every chunk can respect the cap."""
+    """Cut sentences longer than max_tokens at word boundaries (tables between rows) so every chunk can
+    respect the cap."""
     out_s: list[Sentence] = []
     out_n: list[int] = []
     for s, n in zip(sents, lengths, strict=True):
         if n <= max_tokens:
             out_s.append(s)
             out_n.append(n)
+            continue
+        table = split_table(doc, s, max_tokens, tokenizer)  # None for a sentence: it holds no line break
+        if table is not None:
+            out_s += table[0]
+            out_n += table[1]
             continue
         words = [m for m in re.finditer(r"\S+", doc.text[s.start : s.end])]
         per = max(1, int(len(words) * max_tokens / n * 0.9))
@@ -148,13 +200,17 @@ class SemanticChunker:
         tokens = lengths[0]
         for i in range(1, len(sents)):
             semantic_break = bool(breaks[i - 1]) or sents[i].is_title
-            if tokens + lengths[i] > self.cfg.max_tokens or (semantic_break and tokens >= self.cfg.min_tokens):
+            if (
+                tokens + lengths[i] > self.cfg.max_tokens
+                or (semantic_break and tokens >= self.cfg.min_tokens)
+                or sents[i].prefix  # a table part starts its own chunk, with the header rows
+            ):
                 groups.append([i])
                 tokens = lengths[i]
             else:
                 groups[-1].append(i)
                 tokens += lengths[i]
-        if len(groups) > 1:
+        if len(groups) > 1 and not sents[groups[-1][0]].prefix:
             last = sum(lengths[i] for i in groups[-1])
             prev = sum(lengths[i] for i in groups[-2])
             if last < self.cfg.min_tokens and last + prev <= self.cfg.max_tokens:
@@ -171,7 +227,7 @@ class SemanticChunker:
             document_id=doc.id,
             source_path=doc.source_path,
             index=index,
-            text=doc.text[start:end],
+            text=sents[0].prefix + doc.text[start:end],
             char_start=start,
             char_end=end,
             pages=pages,

@@ -67,19 +67,42 @@ class AnswerTask:
         return {"answer": answer}
 
 
+_TABLE_RULE = re.compile(r"^\|(?:\s*:?-{3,}:?\s*\|)+\s*$", re.MULTILINE)
+
+
+def has_table(text: str) -> bool:
+    """Whether a chunk holds a Markdown table (as extraction writes tables): a header rule line."""
+    return bool(_TABLE_RULE.search(text))
+
+
 class InstructionGenerator:
-    def __init__(self, cfg: GenerateConfig, teacher: Teacher, question_prompt: Prompt, answer_prompt: Prompt) -> None:
+    def __init__(
+        self,
+        cfg: GenerateConfig,
+        teacher: Teacher,
+        question_prompt: Prompt,
+        answer_prompt: Prompt,
+        table_prompt: Prompt | None = None,
+    ) -> None:
+        """``table_prompt``: the question prompt for chunks that hold a table (questions about cells)."""
         self.cfg = cfg
         self.teacher = teacher
-        self.questions = QuestionTask(question_prompt, cfg.questions_per_chunk)
+        self.plain_questions = QuestionTask(question_prompt, cfg.questions_per_chunk)
+        self.table_questions = QuestionTask(table_prompt, cfg.questions_per_chunk) if table_prompt else None
         self.answers = AnswerTask(answer_prompt)
+
+    def question_task(self, chunk: Chunk) -> QuestionTask:
+        if self.table_questions is not None and has_table(chunk.text):
+            return self.table_questions
+        return self.plain_questions
 
     def config_hash(self) -> str:
         return content_id(
             self.cfg.model_dump(mode="json"),
             self.teacher.identity,
-            self.questions.prompt.hash,
+            self.plain_questions.prompt.hash,
             self.answers.prompt.hash,
+            *([self.table_questions.prompt.hash] if self.table_questions else []),
             length=16,
         )
 
@@ -101,6 +124,7 @@ class InstructionGenerator:
 
     async def for_chunk(self, chunk: Chunk) -> tuple[list[Sample], list[Reject]]:
         row = {"context": chunk.text, "heading": chunk.heading}
+        qtask = self.question_task(chunk)
         qparams, aparams = self.cfg.question_params, self.cfg.answer_params
         q_json = json.dumps(qparams.model_dump(mode="json"), sort_keys=True)
         a_json = json.dumps(aparams.model_dump(mode="json"), sort_keys=True)
@@ -120,16 +144,16 @@ class InstructionGenerator:
             )
 
         try:
-            q_resp = await self.teacher.complete(self.questions.format_input(row), qparams)
+            q_resp = await self.teacher.complete(qtask.format_input(row), qparams)
         except TeacherError as exc:
             reject("teacher_error", chunk.id, f"questions for chunk {chunk.id}: {exc}")
             return [], rejects
         try:
-            questions = self.questions.format_output(q_resp.text, row)["questions"]
+            questions = qtask.format_output(q_resp.text, row)["questions"]
         except ParseError as exc:
             reject("parse_error", chunk.id, f"questions for chunk {chunk.id}: {exc}", q_resp.text)
             return [], rejects
-        q_call = self._call("questions", self.questions.prompt, q_json, q_resp)
+        q_call = self._call("questions", qtask.prompt, q_json, q_resp)
 
         async def answer(i: int, question: str) -> Sample | None:
             sample_id = content_id(
@@ -137,7 +161,7 @@ class InstructionGenerator:
                 "instruction",
                 i,
                 question,
-                self.questions.prompt.hash,
+                qtask.prompt.hash,
                 self.answers.prompt.hash,
                 self.teacher.identity,
                 q_json,
