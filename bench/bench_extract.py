@@ -207,7 +207,7 @@ def parallel(files: list[Path], cfg: Any, pages: int, workers: int, copies: int,
     t_one: list[float] = []
     t_pool: list[float] = []
     for r in range(rounds):
-        for name in (["one", "pool"] if r % 2 == 0 else ["pool", "one"]):
+        for name in ["one", "pool"] if r % 2 == 0 else ["pool", "one"]:
             dt = one_process() if name == "one" else pool()
             (t_one if name == "one" else t_pool).append(dt)
             load = os.getloadavg()[0]

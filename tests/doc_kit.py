@@ -30,9 +30,7 @@ def _money_cells(value: str, first: bool) -> str:
     body = value.rstrip(")") if neg else value
     cells = [
         _TD.format(w=1, span="", body=_P.format("$") if first else "&#160;"),
-        _TD.format(
-            w=9, span="", body=_P.format(f'<ix:nonFraction name="us-gaap:X" scale="0">{body}</ix:nonFraction>')
-        ),
+        _TD.format(w=9, span="", body=_P.format(f'<ix:nonFraction name="us-gaap:X" scale="0">{body}</ix:nonFraction>')),
         _TD.format(w=1, span="", body=_P.format(")") if neg else "&#160;"),
         _TD.format(w=2, span="", body="&#160;"),
     ]
@@ -55,7 +53,7 @@ def balance_sheet_html() -> str:
         + "</tr>"
     )
     rows = []
-    for i, (label, a, b) in enumerate(BALANCE_SHEET):
+    for label, a, b in BALANCE_SHEET:
         cells = _TD.format(w=60, span="", body=_P.format(label)) + _TD.format(w=2, span="", body="&#160;")
         if a is None:
             cells += _TD.format(w=38, span=' colspan="8"', body="&#160;")

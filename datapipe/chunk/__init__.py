@@ -100,9 +100,7 @@ def split_sentences(doc: Document) -> list[Sentence]:
     return out
 
 
-def split_table(
-    doc: Document, s: Sentence, max_tokens: int, tokenizer: Any
-) -> tuple[list[Sentence], list[int]] | None:
+def split_table(doc: Document, s: Sentence, max_tokens: int, tokenizer: Any) -> tuple[list[Sentence], list[int]] | None:
     """A Markdown table cut between rows into parts of at most ``max_tokens`` (a single row longer than
     that stays whole); every part after the first repeats the caption and header rows as its prefix.
     None when the text holds no Markdown table."""

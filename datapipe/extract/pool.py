@@ -32,7 +32,9 @@ def _init_worker() -> None:
         pass  # reported by the first file, with its install line
 
 
-def extract_timed(src: Any, cfg: ExtractConfig, digest: str | None) -> tuple[Document | Reject | tuple[str, str], float]:
+def extract_timed(
+    src: Any, cfg: ExtractConfig, digest: str | None
+) -> tuple[Document | Reject | tuple[str, str], float]:
     """One file extracted in a worker, with the seconds it took. A missing dependency comes back as
     ``("missing", message)`` (its exception does not survive pickling) and is raised again by the caller."""
     from datapipe.extract import extract_file

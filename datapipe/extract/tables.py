@@ -287,7 +287,9 @@ def replace_html_tables(html: str) -> tuple[str, list[Table]]:
     return lxml.html.tostring(doc, encoding="unicode"), tables
 
 
-def pdf_tables(path: str, pages: set[int] | None = None) -> dict[int, list[tuple[tuple[float, float, float, float], Table]]]:
+def pdf_tables(
+    path: str, pages: set[int] | None = None
+) -> dict[int, list[tuple[tuple[float, float, float, float], Table]]]:
     """Ruled tables of a PDF (pdfplumber's line-based finder, no model): per page number, each table's
     bounding box (x0, top, x1, bottom in points from the top-left) and content. Pages without
     enough drawn lines to form a table are skipped before pdfplumber looks for tables."""

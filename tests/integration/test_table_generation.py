@@ -70,6 +70,9 @@ def test_table_chunk_gets_cell_questions_answered_from_its_row(tmp_path: Path) -
         "instruction_questions",
         "instruction_answer",
     ]
-    assert gen.config_hash() != InstructionGenerator(
-        cfg, teacher, load_prompt("instruction_questions"), load_prompt("instruction_answer")
-    ).config_hash()
+    assert (
+        gen.config_hash()
+        != InstructionGenerator(
+            cfg, teacher, load_prompt("instruction_questions"), load_prompt("instruction_answer")
+        ).config_hash()
+    )

@@ -15,7 +15,9 @@ from tests.doc_kit import long_10k_html, table_pdf
 
 def _run(tmp_path: Path, docs: Path, name: str, workers: int) -> tuple[dict[str, Document], dict[str, str], dict]:
     cfg = load_config(
-        write_config(tmp_path / f"{name}.yaml", run_id=name, store="runs", sources=[str(docs)], extract={"workers": workers})
+        write_config(
+            tmp_path / f"{name}.yaml", run_id=name, store="runs", sources=[str(docs)], extract={"workers": workers}
+        )
     )
     manifest = run_extract(cfg)
     store = store_for(cfg)

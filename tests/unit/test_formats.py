@@ -101,7 +101,9 @@ def test_truncated_zip_formats_are_parse_errors(tmp_path: Path, fmt: str) -> Non
     ],
     ids=["html-named-epub", "text-named-rtf", "binary-csv", "binary-org"],
 )
-def test_misnamed_files_are_rejected_with_their_real_type(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
+def test_misnamed_files_are_rejected_with_their_real_type(
+    tmp_path: Path, name: str, content: bytes, reason: str
+) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     out = extract_file(SourceFile(path), CFG)

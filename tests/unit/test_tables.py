@@ -74,8 +74,14 @@ def test_docx_table_cells_stay_under_their_header(tmp_path: Path) -> None:
     d.add_heading("Price list 2024", level=1)
     d.add_paragraph("Prices below are per unit, in euros, before tax.")
     t = d.add_table(rows=4, cols=3)
-    for r, row in enumerate([("Product", "Unit", "Price"), ("Bolt M6", "box of 100", "4.20"),
-                             ("Nut M6", "box of 100", "2.10"), ("Washer", "box of 500", "3.35")]):
+    for r, row in enumerate(
+        [
+            ("Product", "Unit", "Price"),
+            ("Bolt M6", "box of 100", "4.20"),
+            ("Nut M6", "box of 100", "2.10"),
+            ("Washer", "box of 500", "3.35"),
+        ]
+    ):
         for c, value in enumerate(row):
             t.cell(r, c).text = value
     path = tmp_path / "prices.docx"
