@@ -421,7 +421,10 @@ def _box(el: object) -> tuple[float, float, float, float] | None:
 
 def _with_pdf_tables(path: Path, elements: list[object]) -> list[object]:
     """Put each ruled table pdfplumber finds in place of the text runs unstructured read inside its box."""
-    found = pdf_tables(str(path))
+    try:
+        found = pdf_tables(str(path))
+    except Exception:  # a damaged page the table finder cannot read: keep unstructured's text as it is
+        return elements
     if not found:
         return elements
     out: list[object] = []

@@ -70,7 +70,7 @@ class ExtractPool:
         if self.parallel:
             ctx = mp.get_context("forkserver") if "forkserver" in mp.get_all_start_methods() else mp.get_context()
             if ctx.get_start_method() == "forkserver":
-                ctx.set_forkserver_preload(["datapipe.extract"])
+                ctx.set_forkserver_preload(["datapipe.extract._warm"])
             self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_init_worker)
             self._fill()
         return self

@@ -287,21 +287,46 @@ def replace_html_tables(html: str) -> tuple[str, list[Table]]:
     return lxml.html.tostring(doc, encoding="unicode"), tables
 
 
-def pdf_tables(
-    path: str, pages: set[int] | None = None
-) -> dict[int, list[tuple[tuple[float, float, float, float], Table]]]:
+def ruled_pages(path: str, min_paths: int = 4) -> set[int]:
+    """Page numbers with at least ``min_paths`` drawn path objects (lines, boxes): the only pages where a
+    ruled table can be. pdfium counts them in milliseconds; pdfplumber would parse every page to find out."""
+    import pypdfium2 as pdfium
+
+    pages: set[int] = set()
+    try:
+        pdf = pdfium.PdfDocument(path)
+    except Exception:  # pdfium raises its own error types for damaged files; unstructured reports those
+        return pages
+    try:
+        for i in range(len(pdf)):
+            page = pdf[i]
+            n = 0
+            for _ in page.get_objects(filter=[pdfium.raw.FPDF_PAGEOBJ_PATH], max_depth=2):
+                n += 1
+                if n >= min_paths:
+                    pages.add(i + 1)
+                    break
+            page.close()
+    finally:
+        pdf.close()
+    return pages
+
+
+PdfTables = dict[int, list[tuple[tuple[float, float, float, float], Table]]]
+
+
+def pdf_tables(path: str) -> PdfTables:
     """Ruled tables of a PDF (pdfplumber's line-based finder, no model): per page number, each table's
-    bounding box (x0, top, x1, bottom in points from the top-left) and content. Pages without
-    enough drawn lines to form a table are skipped before pdfplumber looks for tables."""
+    bounding box (x0, top, x1, bottom in points from the top-left) and content. Only pages with enough
+    drawn paths to form a table (:func:`ruled_pages`) are opened by pdfplumber."""
+    candidates = ruled_pages(path)
+    if not candidates:
+        return {}
     import pdfplumber
 
-    out: dict[int, list[tuple[tuple[float, float, float, float], Table]]] = {}
-    with pdfplumber.open(path) as pdf:
-        for number, page in enumerate(pdf.pages, start=1):
-            if pages is not None and number not in pages:
-                continue
-            if len(page.lines) + len(page.rects) < 4:
-                continue
+    out: PdfTables = {}
+    with pdfplumber.open(path, pages=sorted(candidates)) as pdf:
+        for page in pdf.pages:
             found = []
             for t in page.find_tables():
                 raw = [[clean_text(c or "") for c in row] for row in t.extract()]
@@ -312,8 +337,8 @@ def pdf_tables(
                 raw = [[r[i] if i < len(r) else "" for i in keep] for r in raw]
                 if len(keep) < 2:
                     continue
-                found.append((tuple(t.bbox), Table(header=raw[0], rows=raw[1:])))
+                found.append(((t.bbox[0], t.bbox[1], t.bbox[2], t.bbox[3]), Table(header=raw[0], rows=raw[1:])))
             if found:
-                out[number] = found  # type: ignore[assignment]
+                out[page.page_number] = found
             page.close()
     return out
