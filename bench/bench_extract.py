@@ -23,7 +23,8 @@ with ``--workers`` processes (default: the machine's cores), as ``datapipe run``
 The pool's time includes starting its workers (as a run pays it); the fork server that imports the
 extractor once is started before the timed rounds. The two sides alternate round by round, and the load
 average is printed with every figure: on a shared machine the parallel figure is only as good as the
-cores other work left free.
+cores other work left free, so a CPU control follows (the same pure-Python loops in one process vs in a
+pool of ``--workers``): the ceiling any pool could reach at that moment.
 
 Run from the project root:  .venv/bin/python bench/bench_extract.py [--rounds N] [--budget-s S]
     [--workers W] [--copies C] [--parallel-rounds R] [--skip-parallel]
@@ -218,12 +219,43 @@ def parallel(files: list[Path], cfg: Any, pages: int, workers: int, copies: int,
             )
     one_rate = total_pages * len(t_one) / sum(t_one)
     pool_rate = total_pages * len(t_pool) / sum(t_pool)
+    control = cpu_control(workers)
     load1 = report_load(load0, LOAD_WARN + workers)
     print(
         f"RESULT bench_extract_parallel speedup={pool_rate / one_rate:.2f} workers={workers} "
         f"one_process_pages_per_s={one_rate:.2f} pool_pages_per_s={pool_rate:.2f} files={len(listed)} "
-        f"pages={total_pages} rounds={rounds} load={load0:.2f}/{load1:.2f}"
+        f"pages={total_pages} rounds={rounds} cpu_control_speedup={control:.2f} load={load0:.2f}/{load1:.2f}"
     )
+
+
+def _spin(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x
+
+
+def cpu_control(workers: int, n: int = 8_000_000) -> float:
+    """What parallelism the machine gives right now: the same pure-Python loops, ``workers`` of them,
+    one after another in this process vs at once in a pool of ``workers`` processes. On an idle machine
+    this is close to ``workers``; on a shared one (other users' load, Linux autogroup scheduling, which
+    shares one CPU weight among a session's processes) it can be near 1, and no pool can beat it."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    for _ in range(workers):
+        _spin(n)
+    serial = time.perf_counter() - t0
+    with ProcessPoolExecutor(workers) as ex:
+        list(ex.map(_spin, [1] * workers))  # start the workers before the clock
+        t0 = time.perf_counter()
+        list(ex.map(_spin, [n] * workers))
+        par = time.perf_counter() - t0
+    print(
+        f"CPU control: {workers} pure-Python loops in one process {serial:.2f}s, in {workers} processes "
+        f"{par:.2f}s, speed-up {serial / par:.2f} (1-minute load average now {os.getloadavg()[0]:.2f})"
+    )
+    return serial / par
 
 
 if __name__ == "__main__":
