@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 PAGE_NUMBER = re.compile(
-    r"^(?:(?:page|p\.|seite|página|pagina)\s*)?[-–—(\[]?\s*(?:\d{1,4}|[ivxlc]{1,7})\s*[-–—)\]]?"
+    r"^(?:(?:page|p\.|seite|página|pagina)\s*)?[-–—(\[]?\s*(?:[a-z]-)?(?:\d{1,4}|[ivxlc]{1,7})\s*[-–—)\]]?"
     r"(?:\s*(?:of|/|von|de)\s*\d{1,4})?$",
     re.IGNORECASE,
 )
@@ -22,6 +22,7 @@ _STAMP_RUN = re.compile(r"(?:(?<=\s)|^)(?:[\w\[\]().:/-] ){7,}[\w\[\]().:/-](?=\
 _HYPHEN_BREAK = re.compile(r"(?<=[a-zß-ÿ]{2})-\s*\n\s*(?=[a-zß-ÿ]{2})")
 _HYPHEN_SPACE = re.compile(r"\b([A-Za-zß-ÿ][a-zß-ÿ]+)- (?!(?:and|or|to|und|oder|et|ou|y|o)\b)([a-zß-ÿ]{2,})")
 _DIGITS = re.compile(r"\d+")
+_SECTION_PAGE = re.compile(r"^[A-Z]-\d{1,3}$")  # a filing's financial-statement pages: F-1, F-2, ...
 REPEAT_MIN_PAGES = 3
 EDGE = 3  # elements from the top and bottom of a page where running headers and footers sit
 
@@ -83,11 +84,20 @@ def clean_elements(
     """
     counts = NoiseCounts()
     drop: dict[int, str] = {}  # element index -> the count it goes to
+    on_page: dict[int, list[int]] = defaultdict(list)
+    for i, el in enumerate(elements):
+        if (p := _page(el)) is not None and _text(el):
+            on_page[p].append(i)
+    # a bare number is a page number at a page's top or bottom, not in the middle (an unruled table's cell)
+    edges = {i for idx in on_page.values() for i in idx[:EDGE] + idx[-EDGE:]}
     for i, el in enumerate(elements):
         text = _text(el)
         if not text or getattr(el, "category", "") == table_category:
             continue
-        if PAGE_NUMBER.match(text) and (_page(el) is not None or len(text) <= 3):
+        paged = _page(el) is not None
+        if PAGE_NUMBER.match(text) and (
+            (paged and i in edges) or (not paged and (len(text) <= 3 or _SECTION_PAGE.match(text)))
+        ):
             drop[i] = "page_numbers"
         elif is_margin_stamp(text, el):
             drop[i] = "margin_stamps"

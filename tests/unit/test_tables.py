@@ -201,3 +201,13 @@ def test_broken_ruled_pdf_is_a_clear_reject(tmp_path: Path) -> None:
         assert out.reason in {"parse_error", "no_text", "too_little_text"} and out.detail
     else:  # pdfminer reads what is left of a truncated file; the table finder must not break on it
         assert out.text
+
+
+def test_html_page_numbers_go_and_years_and_prose_stay(tmp_path: Path) -> None:
+    paras = ["Revenue grew in every region this year, led by licensing.", "F-3", "1999", "47", "Table 3", "Note 4"]
+    path = tmp_path / "filing.html"
+    path.write_text("<html><body>" + "".join(f"<p>{p}</p>" for p in paras) + "</body></html>", encoding="utf-8")
+    doc = _doc(path, ExtractConfig(min_chars=10))
+    kept = doc.text.split("\n\n")
+    assert kept == ["Revenue grew in every region this year, led by licensing.", "1999", "Table 3", "Note 4"]
+    assert doc.removed.page_numbers == 2
