@@ -23,6 +23,14 @@ _CURRENCY = {"$", "US$", "€", "£", "¥", "CHF", "C$", "A$"}
 _CLOSERS = re.compile(r"^(?:\)|%|\)%|%\)|pts?\.?)$")
 _YEARISH = re.compile(r"^(?:(?:19|20)\d\d|fy\s?\d{2,4}|q[1-4]|\d{1,2}/\d{1,2}/\d{2,4})$", re.IGNORECASE)
 _VALUEISH = re.compile(r"\d[\d,]*\.?\d*|—|–")
+_NUMBER = re.compile(r"^[$€£¥(\-–—]*\d[\d,.]*\)?%?$")
+
+
+def _is_value(cell: str) -> bool:
+    """A figure in a table body (``$16,058,714``, ``(1,204)``, ``12.5%``), not a year heading."""
+    return bool(_NUMBER.match(cell)) and not _YEARISH.match(cell)
+
+
 TABLE_CATEGORY = "Table"
 
 
@@ -169,7 +177,7 @@ def _header_rows(grid: list[list[str]], th_rows: list[bool], full: list[bool]) -
         n += 1
     if n:
         return n
-    while n < len(grid) - 1 and not grid[n][0] and not full[n]:
+    while n < len(grid) - 1 and not grid[n][0] and not full[n] and not any(_is_value(c) for c in grid[n][1:]):
         n += 1
     if n < len(grid) - 1 and not full[n]:
         rest = [c for c in grid[n][1:] if c]

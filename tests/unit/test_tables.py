@@ -211,3 +211,15 @@ def test_html_page_numbers_go_and_years_and_prose_stay(tmp_path: Path) -> None:
     kept = doc.text.split("\n\n")
     assert kept == ["Revenue grew in every region this year, led by licensing.", "1999", "Table 3", "Note 4"]
     assert doc.removed.page_numbers == 2
+
+
+def test_body_rows_without_a_label_are_not_taken_for_headers() -> None:
+    html = (
+        "<table><tr><td></td><td>Q1</td><td>Q2</td></tr>"
+        "<tr><td></td><td>1,204</td><td>880</td></tr>"
+        "<tr><td>Total</td><td>$2,000</td><td>$1,000</td></tr></table>"
+    )
+    table = html_fragment_table(html)
+    assert table is not None
+    assert table.header == ["", "Q1", "Q2"]
+    assert table.rows == [["", "1,204", "880"], ["Total", "$2,000", "$1,000"]]
