@@ -59,12 +59,26 @@ def is_margin_stamp(text: str, el: Any = None) -> bool:
     return len(tokens) >= 8 or _tall(el)
 
 
-def _tall(el: Any) -> bool:
+def _box(el: Any) -> tuple[float, float, float, float] | None:
     points = getattr(getattr(getattr(el, "metadata", None), "coordinates", None), "points", None)
     if not points:
-        return False
+        return None
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    return (max(ys) - min(ys)) >= 1.5 * max(1e-6, max(xs) - min(xs))
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _tall(el: Any) -> bool:
+    box = _box(el)
+    return box is not None and (box[3] - box[1]) >= 1.5 * max(1e-6, box[2] - box[0])
+
+
+def _same_column(el: Any, stamps: list[tuple[float, float, float, float]]) -> bool:
+    """A short fragment ("n u J", "1 2", "]") in the same narrow margin column as a stamp on its page."""
+    box = _box(el)
+    text = _text(el)
+    if box is None or len(text) > 30 or not all(len(t) <= 2 for t in text.split()):
+        return False
+    return any(abs(box[0] - s[0]) <= 2 and abs(box[2] - s[2]) <= 2 for s in stamps)
 
 
 def join_hyphenation(text: str) -> tuple[str, int]:
@@ -100,6 +114,13 @@ def clean_elements(
         ):
             drop[i] = "page_numbers"
         elif is_margin_stamp(text, el):
+            drop[i] = "margin_stamps"
+    stamps: dict[int | None, list[tuple[float, float, float, float]]] = defaultdict(list)
+    for i, kind in drop.items():
+        if kind == "margin_stamps" and (box := _box(elements[i])) is not None:
+            stamps[_page(elements[i])].append(box)
+    for i, el in enumerate(elements):
+        if i not in drop and _page(el) in stamps and _same_column(el, stamps[_page(el)]):
             drop[i] = "margin_stamps"
     pages: dict[int, list[int]] = defaultdict(list)
     for i, el in enumerate(elements):

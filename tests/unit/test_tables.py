@@ -223,3 +223,10 @@ def test_body_rows_without_a_label_are_not_taken_for_headers() -> None:
     assert table is not None
     assert table.header == ["", "Q1", "Q2"]
     assert table.rows == [["", "1,204", "880"], ["Total", "$2,000", "$1,000"]]
+
+
+def test_shared_arxiv_paper_loses_its_whole_margin_stamp(corpus_docs: Path) -> None:
+    doc = _doc(corpus_docs / "layout-parser-paper-fast.pdf")
+    assert doc.text.startswith("LayoutParser: A Uniﬁed Toolkit for Deep Learning Based Document Image Analysis")
+    assert "v i X r a" not in doc.text and "n u J" not in doc.text
+    assert doc.removed.margin_stamps >= 5
