@@ -17,8 +17,19 @@ work on a 2-core machine slows both sides alike. The headline figures are totals
 over all rounds. Best-of-rounds figures, the median of the per-round ratios and
 a per-file breakdown are printed as well.
 
+Then, on the same files (each listed ``--copies`` times so every worker has work): pages per second
+extracting them in one process, one file after another, vs through ``datapipe.extract.pool.ExtractPool``
+with ``--workers`` processes (default: the machine's cores), as ``datapipe run`` extracts a local run.
+The pool's time includes starting its workers (as a run pays it); the fork server that imports the
+extractor once is started before the timed rounds. The two sides alternate round by round, and the load
+average is printed with every figure: on a shared machine the parallel figure is only as good as the
+cores other work left free, so a CPU control follows (the same pure-Python loops in one process vs in a
+pool of ``--workers``): the ceiling any pool could reach at that moment.
+
 Run from the project root:  .venv/bin/python bench/bench_extract.py [--rounds N] [--budget-s S]
-Last line:  RESULT bench_extract ratio=<datapipe/unstructured> ...
+    [--workers W] [--copies C] [--parallel-rounds R] [--skip-parallel]
+Last lines:  RESULT bench_extract ratio=<datapipe/unstructured> ...
+             RESULT bench_extract_parallel speedup=<pool/one process> workers=W ...
 """
 
 from __future__ import annotations
@@ -64,6 +75,10 @@ def main() -> int:
         help="start no round that would end later than this many seconds after the script started "
         "(the first round always runs)",
     )
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pool size (default: cores)")
+    ap.add_argument("--copies", type=int, default=3, help="each file listed this many times for the pool part")
+    ap.add_argument("--parallel-rounds", type=int, default=2)
+    ap.add_argument("--skip-parallel", action="store_true", help="only the datapipe vs unstructured part")
     args = ap.parse_args()
 
     from unstructured.partition.auto import partition
@@ -161,7 +176,86 @@ def main() -> int:
         f"unstructured_pages_per_s={un_mean:.2f} best_ratio={dp_best / un_best:.2f} median_ratio={median_ratio:.2f} "
         f"files={len(files)} pages={pages} rounds={n} load={load_start:.2f}/{load_end:.2f}"
     )
+    if not args.skip_parallel:
+        parallel(files, cfg, pages, args.workers, args.copies, args.parallel_rounds)
     return 0
+
+
+def parallel(files: list[Path], cfg: Any, pages: int, workers: int, copies: int, rounds: int) -> None:
+    """Pages/s through a process pool of ``workers`` vs one process, on the same list of files."""
+    from datapipe.extract import SourceFile, extract_file
+    from datapipe.extract.pool import ExtractPool
+
+    listed = [SourceFile(p) for p in files] * copies
+    total_pages = pages * copies
+    load0 = load_at_start()
+
+    def one_process() -> float:
+        t0 = time.perf_counter()
+        for src in listed:
+            extract_file(src, cfg)
+        return time.perf_counter() - t0
+
+    def pool() -> float:
+        t0 = time.perf_counter()
+        with ExtractPool(cfg, [(src, None) for src in listed], workers) as ex:
+            for src in listed:
+                ex.result(src)
+        return time.perf_counter() - t0
+
+    warm = pool()  # starts the fork server (imports the extractor once); later pools fork from it
+    print(f"pool warm-up (fork server start and one pass): {warm:.2f}s, untimed")
+    t_one: list[float] = []
+    t_pool: list[float] = []
+    for r in range(rounds):
+        for name in ["one", "pool"] if r % 2 == 0 else ["pool", "one"]:
+            dt = one_process() if name == "one" else pool()
+            (t_one if name == "one" else t_pool).append(dt)
+            load = os.getloadavg()[0]
+            label = "one process" if name == "one" else f"pool of {workers}"
+            print(
+                f"round {r + 1}: {label:12s} {dt:6.2f}s  {total_pages / dt:6.2f} pages/s  "
+                f"(1-minute load average now {load:.2f} on {os.cpu_count()} cores)"
+            )
+    one_rate = total_pages * len(t_one) / sum(t_one)
+    pool_rate = total_pages * len(t_pool) / sum(t_pool)
+    control = cpu_control(workers)
+    load1 = report_load(load0, LOAD_WARN + workers)
+    print(
+        f"RESULT bench_extract_parallel speedup={pool_rate / one_rate:.2f} workers={workers} "
+        f"one_process_pages_per_s={one_rate:.2f} pool_pages_per_s={pool_rate:.2f} files={len(listed)} "
+        f"pages={total_pages} rounds={rounds} cpu_control_speedup={control:.2f} load={load0:.2f}/{load1:.2f}"
+    )
+
+
+def _spin(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x
+
+
+def cpu_control(workers: int, n: int = 8_000_000) -> float:
+    """What parallelism the machine gives right now: the same pure-Python loops, ``workers`` of them,
+    one after another in this process vs at once in a pool of ``workers`` processes. On an idle machine
+    this is close to ``workers``; on a shared one (other users' load, Linux autogroup scheduling, which
+    shares one CPU weight among a session's processes) it can be near 1, and no pool can beat it."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    for _ in range(workers):
+        _spin(n)
+    serial = time.perf_counter() - t0
+    with ProcessPoolExecutor(workers) as ex:
+        list(ex.map(_spin, [1] * workers))  # start the workers before the clock
+        t0 = time.perf_counter()
+        list(ex.map(_spin, [n] * workers))
+        par = time.perf_counter() - t0
+    print(
+        f"CPU control: {workers} pure-Python loops in one process {serial:.2f}s, in {workers} processes "
+        f"{par:.2f}s, speed-up {serial / par:.2f} (1-minute load average now {os.getloadavg()[0]:.2f})"
+    )
+    return serial / par
 
 
 if __name__ == "__main__":

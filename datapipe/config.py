@@ -31,7 +31,7 @@ class ExtractConfig(_Strict):
     min_chars: int = Field(64, ge=0, description="documents with fewer characters are rejected")
     max_file_mb: float = Field(100.0, gt=0, description="larger files are rejected unread")
     max_text_mb: float = Field(
-        10.0, gt=0, description="txt/md/html are read whole: larger ones are rejected unread (too_large)"
+        50.0, gt=0, description="txt/md/html are read whole: larger ones are rejected unread (too_large)"
     )
     max_unpacked_mb: float = Field(
         500.0, gt=0, description="docx/pptx/xlsx whose ZIP unpacks to more are rejected unread (too_large)"
@@ -39,7 +39,19 @@ class ExtractConfig(_Strict):
     max_zip_ratio: float = Field(
         100.0, gt=1, description="docx/pptx/xlsx unpacking to more than this many times their size: zip_bomb"
     )
-    extensions: list[str] = [".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".txt"]
+    extensions: list[str] = [
+        ".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".txt",
+        ".xlsx", ".csv", ".tsv", ".epub", ".odt", ".rtf", ".rst", ".org", ".eml",
+    ]  # fmt: skip
+    tables: bool = Field(True, description="tables become Markdown (HTML, Office, ruled PDF tables)")
+    clean: bool = Field(
+        True, description="remove running headers/footers, page numbers, margin stamps; join hyphenated words"
+    )
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="processes extracting files at once on a local run (default: the machine's cores)",
+    )
     skip_categories: list[str] = Field(
         ["Header", "Footer", "PageBreak"], description="unstructured element types dropped"
     )
@@ -236,6 +248,9 @@ class GenerateConfig(_Strict):
     max_chunks: int | None = Field(None, ge=1, description="cap on chunks sent to the teacher (for quick runs)")
     question_prompt: str = "instruction_questions"
     answer_prompt: str = "instruction_answer"
+    table_question_prompt: str | None = Field(
+        "table_questions", description="question prompt for chunks holding a table (cell questions); null: off"
+    )
     prompt_version: str | None = Field(None, description="pin a prompt version like 'v1'; default: the newest")
     question_params: GenerationParams = GenerationParams(max_new_tokens=96, temperature=0.7)
     answer_params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.3)
@@ -619,8 +634,11 @@ class PipelineConfig(_Strict):
         return not is_url(self.store)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named config sections (what a stage's output depends on)."""
+        """Stable hash of the named config sections (what a stage's output depends on); settings that
+        change only how the work is spread (``extract.workers``) are left out."""
         data = {s: self.model_dump(mode="json")[s] for s in sections}
+        if isinstance(data.get("extract"), dict):
+            data["extract"].pop("workers", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

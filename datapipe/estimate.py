@@ -80,7 +80,7 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
             for c in chosen:
                 contexts.append(len(c.text))
                 row = instr.base_row(c)
-                q_msgs = instr.questions.format_input(row)
+                q_msgs = instr.question_task(c).format_input(row)
                 hit = cache.get(teacher.request_key(q_msgs, gen.question_params)) if cache else None
                 if hit is None:
                     q_est.add_call(q_msgs, gen.question_params.max_new_tokens)
@@ -95,7 +95,7 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
                     continue
                 q_est.cached += 1
                 try:
-                    typed = instr.questions.typed_questions(hit["text"])
+                    typed = instr.question_task(c).typed_questions(hit["text"])
                 except ParseError:
                     continue
                 questions = [q for _, q in instr.dedup_questions(typed, row)[0]]  # as the run asks them

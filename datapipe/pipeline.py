@@ -128,7 +128,8 @@ def run_extract(
     """Extract every source into a shard of its own. With ``part``, only that share of the sources
     (by path) and no manifest: returns ``{"computed": {shard key: seconds}}`` for the driver's
     full pass, which then finds those shards complete (``done_elsewhere``)."""
-    from datapipe.extract import extract_file, resolve_sources, size_limit
+    from datapipe.extract import resolve_sources, size_limit
+    from datapipe.extract.pool import ExtractPool
 
     progress = progress or NullProgress()
     store = store_for(cfg)
@@ -149,57 +150,89 @@ def run_extract(
     seen: dict[tuple[str, str | None], str] = {}
     done_elsewhere = done_elsewhere or {}
     computed: dict[str, float] = {}
+    todo = []
     for src in sources:
         if not in_part(src.display, part):
             continue
         t0 = time.perf_counter()
         digest = _file_digest(src.path, size_limit(src.path, cfg.extract)[0])
         key = content_id(src.display, digest, cfg_hash, src.taxonomy_path)
-        have = store.has_shard("extract", key)
-        if have and part is not None:
-            continue
-        if have:
-            docs = store.read_shard("extract", key, Document)
-            n_rej = len(store.read_shard_rejects("extract", key))
-        else:
-            known = None if digest.startswith(("unreadable:", "unread:", "remote:")) else digest
-            out = extract_file(src, cfg.extract, known)
-            docs = [out] if isinstance(out, Document) else []
-            rejects = [out] if isinstance(out, Reject) else []
-            store.write_shard("extract", key, Document.to_table(docs), rejects)
-            n_rej = len(rejects)
-            if part is not None:  # a worker's share: the driver's pass records it (duplicates included)
-                computed[key] = time.perf_counter() - t0
+        todo.append((src, digest, key, store.has_shard("extract", key), time.perf_counter() - t0))
+    pending = [
+        (src, None if digest.startswith(("unreadable:", "unread:", "remote:")) else digest)
+        for src, digest, _, have, _ in todo
+        if not have
+    ]
+    with ExtractPool(cfg.extract, pending, workers=1 if part is not None else cfg.extract.workers) as pool:
+        for src, _digest, key, have, hash_s in todo:
+            if have and part is not None:
                 continue
-        reused = have and key not in done_elsewhere
-        if docs and (docs[0].id, src.taxonomy_path) in seen:
-            dup_key = f"dup-{key}"
-            if not store.has_shard("extract", dup_key):
-                store.write_shard(
-                    "extract",
-                    dup_key,
-                    Document.to_table([]),
-                    [
-                        Reject(
-                            stage="extract",
-                            record_id=docs[0].id,
-                            reason=f"duplicate_of:{docs[0].id}",
-                            detail=f"same bytes as {seen[(docs[0].id, src.taxonomy_path)]}",
-                            source_path=src.display,
-                        )
-                    ],
-                )
-            rec.add(dup_key, [src.display], 1, 0, 1, time.perf_counter() - t0, reused)
-        else:
-            if docs:
-                seen[(docs[0].id, src.taxonomy_path)] = src.display
-            seconds = done_elsewhere.get(key, time.perf_counter() - t0)
-            rec.add(key, [src.display], 1, len(docs), n_rej, seconds, reused)
-        progress.advance("extract")
+            t0 = time.perf_counter()
+            extract_s = 0.0
+            if have:
+                docs = store.read_shard("extract", key, Document)
+                n_rej = len(store.read_shard_rejects("extract", key))
+            else:
+                out, extract_s = pool.result(src)
+                if not pool.parallel:  # extracted just now, inside this iteration's clock
+                    extract_s = 0.0
+                t0 = time.perf_counter() if pool.parallel else t0  # not the wait for a worker
+                docs = [out] if isinstance(out, Document) else []
+                rejects = [out] if isinstance(out, Reject) else []
+                store.write_shard("extract", key, Document.to_table(docs), rejects)
+                n_rej = len(rejects)
+            seconds = hash_s + extract_s + time.perf_counter() - t0
+            if part is not None and not have:  # a worker's share: the driver's pass records it
+                computed[key] = seconds
+                continue
+            reused = have and key not in done_elsewhere
+            _record_extract(rec, store, seen, src, key, docs, n_rej, reused, done_elsewhere.get(key, seconds))
+            progress.advance("extract")
     if part is not None:
         return {"computed": computed}
     progress.done("extract")
     return rec.finish()
+
+
+def _record_extract(
+    rec: StageRecorder,
+    store: Any,
+    seen: dict[tuple[str, str | None], str],
+    src: Any,
+    key: str,
+    docs: list[Document],
+    n_rej: int,
+    reused: bool,
+    seconds: float,
+) -> None:
+    """Record one source's shard (or its duplicate-of reject) and the layout noise removed from it."""
+    t0 = time.perf_counter()
+    if docs and (docs[0].id, src.taxonomy_path) in seen:
+        dup_key = f"dup-{key}"
+        if not store.has_shard("extract", dup_key):
+            store.write_shard(
+                "extract",
+                dup_key,
+                Document.to_table([]),
+                [
+                    Reject(
+                        stage="extract",
+                        record_id=docs[0].id,
+                        reason=f"duplicate_of:{docs[0].id}",
+                        detail=f"same bytes as {seen[(docs[0].id, src.taxonomy_path)]}",
+                        source_path=src.display,
+                    )
+                ],
+            )
+        rec.add(dup_key, [src.display], 1, 0, 1, time.perf_counter() - t0, reused)
+        return
+    if docs:
+        seen[(docs[0].id, src.taxonomy_path)] = src.display
+        removed = {k: v for k, v in docs[0].removed.model_dump().items() if v}
+        if removed:
+            by_doc = rec.extra.setdefault("noise_removed", {})
+            by_doc[src.display] = removed
+    rec.add(key, [src.display], 1, len(docs), n_rej, seconds, reused)
 
 
 def load_leaves(cfg: PipelineConfig) -> list[Any]:
@@ -472,7 +505,8 @@ def run_generate(
 
 def instruction_generator(cfg: PipelineConfig, teacher: Any) -> Any:
     """The instruction generator with its prompts: question and answer at ``generate.prompt_version``; the
-    follow-up and open-book context prompts (newest version) only when multi-turn or open-book is on."""
+    follow-up and open-book context prompts (newest version) only when multi-turn or open-book is on; the
+    table question prompt (newest version) for chunks that hold a table, unless it is turned off."""
     from datapipe.generate.instruction import InstructionGenerator
     from datapipe.generate.prompts import load_prompt
 
@@ -483,7 +517,8 @@ def instruction_generator(cfg: PipelineConfig, teacher: Any) -> Any:
     fp = load_prompt(gen.multi_turn.followup_prompt, None, prompts_dir) if gen.multi_turn.turns > 1 else None
     open_book = "open_book" in gen.formats_of("instruction")
     cp = load_prompt(gen.open_book.context_prompt, None, prompts_dir) if open_book else None
-    return InstructionGenerator(gen, teacher, qp, ap, fp, cp)
+    tp = load_prompt(gen.table_question_prompt, None, prompts_dir) if gen.table_question_prompt else None
+    return InstructionGenerator(gen, teacher, qp, ap, fp, cp, tp)
 
 
 def pick_distractors(shards: list[tuple[str, list[Chunk]]], selected: set[str], gen: Any) -> dict[str, list[Chunk]]:

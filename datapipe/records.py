@@ -64,8 +64,29 @@ _SPAN = pa.struct(
 )
 
 
+class NoiseRemoved(BaseModel):
+    """Layout noise taken out of one document at extraction, by kind (see datapipe/extract/noise.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    running_headers: int = 0
+    page_numbers: int = 0
+    margin_stamps: int = 0
+    hyphenations: int = 0
+
+
+_NOISE = pa.struct(
+    [
+        ("running_headers", pa.int32()),
+        ("page_numbers", pa.int32()),
+        ("margin_stamps", pa.int32()),
+        ("hyphenations", pa.int32()),
+    ]
+)
+
+
 class Document(Record):
-    """Text extracted from one source file, with per-element spans (pages, headings)."""
+    """Text extracted from one source file, with per-element spans (pages, headings; tables as
+    Markdown in spans of category ``Table``) and the layout noise removed from it."""
 
     id: str
     source_path: str
@@ -76,6 +97,7 @@ class Document(Record):
     bytes_sha256: str
     taxonomy_path: str | None = None
     title: str | None = None  # the document's title: its first top-level Title element, if any
+    removed: NoiseRemoved = NoiseRemoved()
 
     schema_ = pa.schema(
         [
@@ -88,6 +110,7 @@ class Document(Record):
             ("bytes_sha256", pa.string()),
             ("taxonomy_path", pa.string()),
             ("title", pa.string()),
+            ("removed", _NOISE),
         ]
     )
 

@@ -23,6 +23,17 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 
+# pandoc converts EPUB, ODT, RTF, reStructuredText and Org files for unstructured (through pypandoc).
+if ! command -v pandoc >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "setup: installing pandoc (apt)"
+    apt-get update -q && apt-get install -y -q --no-install-recommends pandoc
+  else
+    echo "setup: warning: pandoc is missing and this is not root on a Debian/Ubuntu system;" \
+      "install it (sudo apt-get install --no-install-recommends pandoc) or .epub/.odt/.rtf/.rst/.org files are rejected" >&2
+  fi
+fi
+
 # The Argilla server for the curation tests lives in its own virtual environment (its pins clash with ours).
 bash scripts/argilla/setup.sh
 # Axolotl and LLaMA-Factory, each in its own virtual environment (their pins clash with ours and each

@@ -20,6 +20,10 @@ Tokens are counted with the embedding model's own tokenizer, with truncation off
 the chunk's own text, heading, source path and the chunker config (and which repeat of that text in
 the document it is), not the document's bytes or offsets: a chunk whose text did not change keeps its
 id, and so do the samples generated from it. The document id and char span stay in the record.
+
+A table (a document span of category ``Table``, Markdown) is never cut mid-row: it is one unit, and a
+table longer than ``max_tokens`` is split between rows into parts that each start with the table's
+caption line and header row, so every part reads as a table of its own (and starts its own chunk).
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ class Sentence:
     is_title: bool
     heading_path: tuple[str, ...] = ()
     element: int = -1  # index of the extracted element (span) it lies in
+    prefix: str = ""  # a table part after the first: the table's caption and header rows, repeated
+
+
+_TABLE_RULE = re.compile(r"^\|(?:\s*:?-{3,}:?\s*\|)+\s*$")
 
 
 def default_model_path() -> str:
@@ -92,6 +100,9 @@ def split_sentences(doc: Document) -> list[Sentence]:
     out: list[Sentence] = []
     for n, span in enumerate(doc.spans):
         text = doc.text[span.start : span.end]
+        if span.category == "Table":
+            out.append(Sentence(span.start, span.end, span.page, span.heading, False, tuple(span.heading_path), n))
+            continue
         pos = 0
         for m in list(_SENTENCE_END.finditer(text)) + [None]:
             end = m.start() if m else len(text)
@@ -116,16 +127,55 @@ def split_sentences(doc: Document) -> list[Sentence]:
     return out
 
 
+def split_table(doc: Document, s: Sentence, max_tokens: int, tokenizer: Any) -> tuple[list[Sentence], list[int]] | None:
+    """A Markdown table cut between rows into parts of at most ``max_tokens`` (a single row longer than
+    that stays whole); every part after the first repeats the caption and header rows as its prefix.
+    None when the text holds no Markdown table."""
+    text = doc.text[s.start : s.end]
+    lines = text.split("\n")
+    rule = next((i for i, line in enumerate(lines) if _TABLE_RULE.match(line)), None)
+    if rule is None or rule + 1 >= len(lines):
+        return None
+    head = "\n".join(lines[: rule + 1]) + "\n"
+    offsets, pos = [], 0
+    for line in lines:
+        offsets.append(pos)
+        pos += len(line) + 1
+    rows = list(range(rule + 1, len(lines)))
+    row_tokens = count_tokens(tokenizer, [lines[i] for i in rows])
+    budget = max_tokens - count_tokens(tokenizer, [head])[0]
+    parts: list[list[int]] = [[]]
+    used = 0
+    for i, n in zip(rows, row_tokens, strict=True):
+        if parts[-1] and used + n + 1 > budget:
+            parts.append([])
+            used = 0
+        parts[-1].append(i)
+        used += n + 1
+    out: list[Sentence] = []
+    for k, part in enumerate(parts):
+        a = s.start if k == 0 else s.start + offsets[part[0]]
+        b = s.start + offsets[part[-1]] + len(lines[part[-1]])
+        out.append(Sentence(a, b, s.page, s.heading, False, s.heading_path, s.element, prefix="" if k == 0 else head))
+    return out, count_tokens(tokenizer, [x.prefix + doc.text[x.start : x.end] for x in out])
+
+
 def _split_long(
     doc: Document, sents: list[Sentence], lengths: list[int], max_tokens: int, tokenizer: Any
 ) -> tuple[list[Sentence], list[int]]:
-    """Cut sentences longer than max_tokens at word boundaries so every chunk can respect the cap."""
+    """Cut sentences longer than max_tokens at word boundaries (tables between rows) so every chunk can
+    respect the cap."""
     out_s: list[Sentence] = []
     out_n: list[int] = []
     for s, n in zip(sents, lengths, strict=True):
         if n <= max_tokens:
             out_s.append(s)
             out_n.append(n)
+            continue
+        table = split_table(doc, s, max_tokens, tokenizer)  # None for a sentence: it holds no line break
+        if table is not None:
+            out_s += table[0]
+            out_n += table[1]
             continue
         words = [m for m in re.finditer(r"\S+", doc.text[s.start : s.end])]
         per = max(1, int(len(words) * max_tokens / n * 0.9))
@@ -242,6 +292,8 @@ class SemanticChunker:
                 candidate[g], strength[g] = True, -np.inf
         positions = np.cumsum(lengths)[:-1].tolist()
         breaks = suppress(strength, candidate, positions, self.cfg.min_tokens, sum(lengths))
+        # a table part after the first starts a chunk of its own, with the header rows it repeats
+        breaks = sorted({*breaks, *(g for g in range(len(sims)) if sents[g + 1].prefix)})
         edges = [0, *(g + 1 for g in breaks), len(sents)]
         ranges = [
             r
@@ -262,7 +314,7 @@ class SemanticChunker:
         # the section of the chunk's first sentence of text: a chunk opening with titles is about the last one
         body = next((s for s in sents if not s.is_title), sents[0])
         heading_path = list(body.heading_path) or ([body.heading] if body.heading else [])
-        text = doc.text[start:end]
+        text = sents[0].prefix + doc.text[start:end]
         heading = sents[0].heading
         # identity from the chunk's own text and what its prompts see (not the document's bytes or offsets),
         # so an edit elsewhere in the document leaves this chunk and its samples as they were

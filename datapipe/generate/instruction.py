@@ -170,6 +170,14 @@ class _Conversation:
     calls: list[TeacherCall] = field(default_factory=list)
 
 
+_TABLE_RULE = re.compile(r"^\|(?:\s*:?-{3,}:?\s*\|)+\s*$", re.MULTILINE)
+
+
+def has_table(text: str) -> bool:
+    """Whether a chunk holds a Markdown table (as extraction writes tables): a header rule line."""
+    return bool(_TABLE_RULE.search(text))
+
+
 class InstructionGenerator:
     def __init__(
         self,
@@ -179,10 +187,13 @@ class InstructionGenerator:
         answer_prompt: Prompt,
         followup_prompt: Prompt | None = None,
         context_prompt: Prompt | None = None,
+        table_prompt: Prompt | None = None,
     ) -> None:
+        """``table_prompt``: the question prompt for chunks that hold a table (questions about cells)."""
         self.cfg = cfg
         self.teacher = teacher
         self.questions = QuestionTask(question_prompt, cfg.questions_per_chunk, tuple(cfg.question_types))
+        self.table_questions = QuestionTask(table_prompt, cfg.questions_per_chunk) if table_prompt else None
         self.answers = AnswerTask(answer_prompt)
         self.formats = cfg.formats_of("instruction")
         self.turns = cfg.multi_turn.turns
@@ -196,7 +207,13 @@ class InstructionGenerator:
     @property
     def prompts(self) -> list[Prompt]:
         extra = [t.prompt for t in (self.followups,) if t] + ([self.context_prompt] if self.context_prompt else [])
-        return [self.questions.prompt, self.answers.prompt, *extra]
+        table = [self.table_questions.prompt] if self.table_questions else []
+        return [self.questions.prompt, self.answers.prompt, *extra, *table]
+
+    def question_task(self, chunk: Chunk) -> QuestionTask:
+        if self.table_questions is not None and has_table(chunk.text):
+            return self.table_questions
+        return self.questions
 
     def config_hash(self) -> str:
         return content_id(
@@ -259,6 +276,7 @@ class InstructionGenerator:
         """Samples of one chunk. ``neighbours``: chunks around it in its document (multi-turn follow-ups see
         them); ``distractors``: other documents' chunks shown with it in open-book rows."""
         row = self.base_row(chunk)
+        qtask = self.question_task(chunk)
         qparams, aparams = self.cfg.question_params, self.cfg.answer_params
         q_json = json.dumps(qparams.model_dump(mode="json"), sort_keys=True)
         a_json = json.dumps(aparams.model_dump(mode="json"), sort_keys=True)
@@ -279,16 +297,16 @@ class InstructionGenerator:
             )
 
         try:
-            q_resp = await self.teacher.complete(self.questions.format_input(row), qparams)
+            q_resp = await self.teacher.complete(qtask.format_input(row), qparams)
         except TeacherError as exc:
             reject(teacher_failure(exc), chunk.id, f"questions for chunk {chunk.id}: {exc}")
             return [], rejects
         try:
-            typed = self.questions.typed_questions(q_resp.text)
+            typed = qtask.typed_questions(q_resp.text)
         except ParseError as exc:
             reject("parse_error", chunk.id, f"questions for chunk {chunk.id}: {exc}", q_resp.text)
             return [], rejects
-        q_call = self._call("questions", self.questions.prompt, q_json, q_resp)
+        q_call = self._call("questions", qtask.prompt, q_json, q_resp)
         typed, dropped = self.dedup_questions(typed, row)
         for q, twin, saved in dropped:
             reject(
@@ -315,7 +333,7 @@ class InstructionGenerator:
             shown = self.open_book_documents(chunk, distractors, question) if fmt == "open_book" else []
             ident: list[Any] = [
                 chunk.id, "instruction", i, question,
-                self.questions.prompt.hash, self.answers.prompt.hash, self.teacher.identity, q_json, a_json,
+                qtask.prompt.hash, self.answers.prompt.hash, self.teacher.identity, q_json, a_json,
             ]  # fmt: skip
             if fmt != "closed_book" or turns > 1:  # single-turn closed-book ids are as before these options
                 ident += [

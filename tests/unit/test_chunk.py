@@ -22,6 +22,11 @@ def docs(corpus_docs: Path) -> list[Document]:
     return out
 
 
+def _is_table_head(prefix: str) -> bool:
+    lines = prefix.rstrip("\n").splitlines()
+    return bool(lines) and lines[-1].startswith("| ---") and lines[-2].startswith("|")
+
+
 @pytest.mark.parametrize("bounds", [(32, 128), (64, 256)], ids=["small", "default-ish"])
 def test_chunks_respect_token_bounds_and_spans(docs: list[Document], bounds: tuple[int, int]) -> None:
     cfg = ChunkConfig(min_tokens=bounds[0], max_tokens=bounds[1])
@@ -30,7 +35,9 @@ def test_chunks_respect_token_bounds_and_spans(docs: list[Document], bounds: tup
         chunks = chunker.chunk(doc)
         assert chunks, doc.source_path
         for c in chunks:
-            assert c.text == doc.text[c.char_start : c.char_end]
+            body = doc.text[c.char_start : c.char_end]
+            # the exact span, or a later part of a long table: its caption and header rows, then its rows
+            assert c.text == body or (c.text.endswith(body) and _is_table_head(c.text[: -len(body)])), c.text[:300]
             assert c.n_tokens <= cfg.max_tokens
             # a chunk below min_tokens only where the document (or its tail) is that short
             exact = count_tokens(chunker.tokenizer, [c.text])[0]

@@ -106,7 +106,7 @@ def test_truncated_pptx_is_parse_error(corpus_docs: Path, tmp_path: Path) -> Non
 def test_resolve_sources_folders_globs_and_unsupported(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.txt").write_text("hello")
-    (tmp_path / "a" / "y.csv").write_text("1,2")
+    (tmp_path / "a" / "y.sav").write_text("1,2")  # an SPSS file: no extractor reads it
     (tmp_path / "a" / ".hidden.txt").write_text("secret")
     (tmp_path / "b.md").write_text("# t")
     with zipfile.ZipFile(tmp_path / "a" / "z.docx", "w") as z:
@@ -117,7 +117,7 @@ def test_resolve_sources_folders_globs_and_unsupported(tmp_path: Path) -> None:
         "x.txt",
         "z.docx",
     ]
-    assert [(Path(r.record_id).name, r.reason) for r in rejects] == [("y.csv", "unsupported_format")]
+    assert [(Path(r.record_id).name, r.reason) for r in rejects] == [("y.sav", "unsupported_format")]
 
 
 def test_missing_source_is_a_config_error(tmp_path: Path) -> None:

@@ -91,7 +91,15 @@ def _name(source_path: str) -> str:
 def test_hostile_folder_is_rejected_file_by_file_and_the_rest_goes_on(
     hostile: Path, warm: None, tmp_path: Path
 ) -> None:
-    cfg = load_config(write_config(tmp_path / "p.yaml", run_id="hostile", store="runs", sources=[str(hostile)]))
+    cfg = load_config(
+        write_config(
+            tmp_path / "p.yaml",
+            run_id="hostile",
+            store="runs",
+            sources=[str(hostile)],
+            extract={"workers": 1},  # in this process, where tracemalloc sees what extraction allocates
+        )
+    )
     tracemalloc.start()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:

@@ -73,7 +73,14 @@ def test_chatml_import_rejects_malformed_lines_and_is_idempotent(tmp_path: Path)
     assert "line 7 repeats line 1" in rejects["mine.jsonl:7"].detail
     assert "context field 'context' must be a string" in rejects["mine.jsonl:8"].detail
     first = store.read_manifest("import")
-    assert first is not None and first["counts"] == {"in": 7, "out": 2, "rejected": 5, "pending": 0, "shards": 1, "shards_reused": 0}
+    assert first is not None and first["counts"] == {
+        "in": 7,
+        "out": 2,
+        "rejected": 5,
+        "pending": 0,
+        "shards": 1,
+        "shards_reused": 0,
+    }
 
     invoke("import", str(src), str(cfg), "--format", "chatml", "--context-field", "context")
     again = store.read_manifest("import")
