@@ -81,7 +81,12 @@ def test_formats_config() -> None:
 
 
 def test_every_turn_is_filtered() -> None:
-    s = make_sample("s1", "How many vacation days do Acme employees get?", "Acme employees get 25 days a year.")
+    context = (
+        "Acme's handbook: employees get 25 vacation days a year; their manager approves each request in three days."
+    )
+    s = make_sample(
+        "s1", "How many vacation days do Acme employees get?", "Acme employees get 25 days a year.", context
+    )
     s.messages = [
         *s.messages,
         Message(role="user", content="And who approves them?"),
