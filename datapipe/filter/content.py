@@ -105,7 +105,7 @@ _DOC_EN = (
     r"publication|piece|write-?up|record|extracts|excerpts|case study|scenario|example|dialogue|conversation"
 )
 # nouns that name the given text itself: "the passage" is the context whatever follows
-_DOC_STRONG_EN = r"text|passage|excerpt|extract|paragraph|snippet|chunk|context|document|article|section|sentence"
+_DOC_STRONG_EN = r"text|passage|excerpt|extract|paragraph|snippet|chunk|context|document|article|section"
 _NAMED_AFTER = r"""\s*(?:['"‘“«]|\(|(?-i:[A-Z0-9])|of\s+(?:['"‘“]|(?-i:[A-Z])))"""
 _PARTICIPLE_EN = (
     r"mentioned|described|discussed|profiled|cited|quoted|referenced|referred to|featured|presented|outlined|"
@@ -220,7 +220,11 @@ def _proper_nouns(text: str) -> list[int]:
 def context_pointer(question: str) -> str | None:
     """The phrase by which a question points at a text instead of naming its subject, or None."""
     for _lang, rx in _deictic_rx():
-        if m := rx.search(question):
+        for m in rx.finditer(question):
+            if re.search(r"(?:context|kontext|contexte)$", m.group(0), re.I) and re.match(
+                r"\s+(?:of|von|des|de|du)\b", question[m.end() :], re.I
+            ):
+                continue  # "in the context of the Cold War" is not the given context
             return m.group(0).strip()
     names = _proper_nouns(question)
     for lang, pat in _PRONOUNS.items():

@@ -87,6 +87,7 @@ def _answer_for(context: str) -> str:
         pytest.param("According to the club's records, when was Norwich City founded?", EN, id="en-possessive"),
         pytest.param("In the essay 'Norwich City at 100', when was the club founded?", EN, id="en-titled-essay"),
         pytest.param("Why did Norwich City's manager say he had to sell the striker?", EN, id="en-he-after-name"),
+        pytest.param("How did Norwich City fare in the context of the 1930s depression?", EN, id="en-context-of"),
         pytest.param("Wann wurde mit dem Bau des Kölner Doms begonnen?", DE, id="de-named"),
         pytest.param("Wie hoch sind die Türme des Kölner Doms?", DE, id="de-named-2"),
         pytest.param("Quand la tour Eiffel a-t-elle été inaugurée ?", FR, id="fr-named"),
