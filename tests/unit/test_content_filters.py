@@ -270,9 +270,19 @@ def test_answers_with_content_from_nowhere_are_ungrounded(a: str, expected: str 
         pytest.param("L'année de fondation n'est pas mentionnée.", "refusal", id="fr-pas-mentionnee"),
         pytest.param("Norwich City was founded in 1902, in Norwich.", None, id="answer"),
         pytest.param("Norwich City was not founded before 1902; it was founded in 1902.", None, id="answer-with-not"),
+        pytest.param("Unfortunately, the club was relegated after it was founded in 1902.", None, id="unfortunately"),
+        pytest.param(
+            "Its first manager was not given a contract when the club was founded in 1902.",
+            None,
+            id="not-given-a-contract",
+        ),  # fmt: skip
+        pytest.param("Leider wurde der Verein erst 1902 gegründet.", None, id="leider"),
     ],
 )
 def test_refusals_and_non_answers(a: str, expected: str | None) -> None:
+    if expected is None:  # answers that use "not", "unfortunately", "leider": other checks may judge them
+        assert content.refusal(a) is None
+        return
     out = run("When was Norwich City founded?", a, EN, FilterConfig(language_match=False))
     assert reason(out) == expected
 
