@@ -123,7 +123,8 @@ _EN = [
     rf"\b(?:according to|based on|as (?:stated|described|mentioned|noted|explained|shown|given) in|in|from|per)\s+"
     rf"the\s+(?:\w+\s+){{0,2}}?(?:{_DOC_EN})\b(?!{_NAMED_AFTER})(?!\s+(?:by|from)\s+(?-i:[A-Z]))",
     # the author / writer / narrator (unless "the author of <name>")
-    r"\bthe\s+(?:author|authors|writer|narrator|speaker|poster|interviewee|reporter)\b(?!\s+of\s+(?:['\"‘“]|(?-i:[A-Z])))",
+    r"\bthe\s+(?:author|authors|writer|narrator|speaker|poster|interviewee|reporter)\b"
+    r"(?!\s+of\s+(?:['\"‘“]|(?-i:[A-Z])))(?!\s+(?-i:[A-Z]))",  # not "the author of Emma", "the writer George Orwell"
     # positions in a text
     r"\b(?:above|below)\s*[-‐]?\s*(?:mentioned|named|cited|described|listed|given)\b",
     r"\baforementioned\b|\bafore-mentioned\b",
@@ -219,6 +220,9 @@ def _proper_nouns(text: str) -> list[int]:
 
 def context_pointer(question: str) -> str | None:
     """The phrase by which a question points at a text instead of naming its subject, or None."""
+    toks = re.findall(r"[^\W\d_]+", question)
+    if len(toks) >= 3 and sum(t[0].isupper() for t in toks) >= 0.6 * len(toks):
+        question = question.lower()  # Title Case or CAPS: capitals say nothing about names here
     for _lang, rx in _deictic_rx():
         for m in rx.finditer(question):
             if re.search(r"(?:context|kontext|contexte)$", m.group(0), re.I) and re.match(
