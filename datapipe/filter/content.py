@@ -232,8 +232,8 @@ def context_pointer(question: str) -> str | None:
             return m.group(0).strip()
     names = _proper_nouns(question)
     for lang, pat in _PRONOUNS.items():
-        m = re.search(pat, question, re.IGNORECASE)
-        if m and (not names or names[0] > m.start()):
+        pm = re.search(pat, question, re.IGNORECASE)
+        if pm and (not names or names[0] > pm.start()):
             if lang == "fr" and not re.search(
                 r"\b(?:quel|quelle|qui|que|qu['’]|comment|pourquoi|où|quand|combien)\b", question, re.I
             ):
@@ -242,9 +242,9 @@ def context_pointer(question: str) -> str | None:
                 r"\b(?:what|who|whom|which|when|where|why|how|did|does|is|was)\b", question, re.I
             ):
                 continue
-            return f"{m.group(0)} (no name before it)"
-    if not names and (m := re.search(_ROLE_EN, question, re.IGNORECASE)):
-        return f"{m.group(0)} (never named)"
+            return f"{pm.group(0)} (no name before it)"
+    if not names and (rm := re.search(_ROLE_EN, question, re.IGNORECASE)):
+        return f"{rm.group(0)} (never named)"
     return None
 
 
