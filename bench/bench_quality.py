@@ -111,7 +111,7 @@ def main() -> None:
     if show:
         for label, ids in sorted(by_label.items()):
             for i in ids:
-                if (label == "good") == bool(verdict[i]):
+                if (label == "good") != bool(verdict[i]):  # show the misses only
                     continue
                 print(f"  [{label}] {i}: {verdict[i] or 'kept'}")
     print(

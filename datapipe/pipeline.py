@@ -584,7 +584,7 @@ def _build_judge(cfg: PipelineConfig, samples: list[Sample]) -> Any:
     if not judge_cfg.enabled or not kinds:
         return None
     prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
-    prompts = {k: load_prompt(judge_cfg.prompt or f"{k}_judge", None, prompts_dir) for k in kinds}
+    prompts = {str(k): load_prompt(judge_cfg.prompt or f"{k}_judge", None, prompts_dir) for k in kinds}
     return QAJudge(judge_cfg, build_teacher(cfg, judge_cfg.teacher), prompts)
 
 

@@ -177,6 +177,19 @@ def write_config(path: Path, **sections: Any) -> Path:
     return path
 
 
+# The embedded 135M teacher mostly writes questions about "the text" and answers its chunk does not
+# support, so the content checks would drop nearly all its samples. Tests of the plumbing (not of the
+# data's quality) switch them off, as they switch the language allow-list off; the checks themselves are
+# tested in tests/unit/test_content_filters.py and measured by bench/bench_quality.py.
+TINY_TEACHER_FILTER: dict[str, Any] = {
+    "languages": [],
+    "language_match": False,
+    "self_contained": False,
+    "check_numbers": False,
+    "check_entities": False,
+    "max_unsupported_words": None,
+}
+
 FAST_GENERATE = {
     "questions_per_chunk": 1,
     "question_params": {"max_new_tokens": 40, "temperature": 0.7, "seed": 1},

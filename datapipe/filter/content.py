@@ -105,7 +105,7 @@ _DOC_EN = (
     r"publication|piece|write-?up|record|extracts|excerpts|case study|scenario|example|dialogue|conversation"
 )
 # nouns that name the given text itself: "the passage" is the context whatever follows
-_DOC_STRONG_EN = r"text|passage|excerpt|extract|paragraph|snippet|chunk|context|document|article|section|sentence"
+_DOC_STRONG_EN = r"text|passage|excerpt|extract|paragraph|snippet|chunk|context|document|article|section"
 _NAMED_AFTER = r"""\s*(?:['"‘“«]|\(|(?-i:[A-Z0-9])|of\s+(?:['"‘“]|(?-i:[A-Z])))"""
 _PARTICIPLE_EN = (
     r"mentioned|described|discussed|profiled|cited|quoted|referenced|referred to|featured|presented|outlined|"
@@ -123,7 +123,8 @@ _EN = [
     rf"\b(?:according to|based on|as (?:stated|described|mentioned|noted|explained|shown|given) in|in|from|per)\s+"
     rf"the\s+(?:\w+\s+){{0,2}}?(?:{_DOC_EN})\b(?!{_NAMED_AFTER})(?!\s+(?:by|from)\s+(?-i:[A-Z]))",
     # the author / writer / narrator (unless "the author of <name>")
-    r"\bthe\s+(?:author|authors|writer|narrator|speaker|poster|interviewee|reporter)\b(?!\s+of\s+(?:['\"‘“]|(?-i:[A-Z])))",
+    r"\bthe\s+(?:author|authors|writer|narrator|speaker|poster|interviewee|reporter)\b"
+    r"(?!\s+of\s+(?:['\"‘“]|(?-i:[A-Z])))(?!\s+(?-i:[A-Z]))",  # not "the author of Emma", "the writer George Orwell"
     # positions in a text
     r"\b(?:above|below)\s*[-‐]?\s*(?:mentioned|named|cited|described|listed|given)\b",
     r"\baforementioned\b|\bafore-mentioned\b",
@@ -219,13 +220,20 @@ def _proper_nouns(text: str) -> list[int]:
 
 def context_pointer(question: str) -> str | None:
     """The phrase by which a question points at a text instead of naming its subject, or None."""
+    toks = re.findall(r"[^\W\d_]+", question)
+    if len(toks) >= 3 and sum(t[0].isupper() for t in toks) >= 0.6 * len(toks):
+        question = question.lower()  # Title Case or CAPS: capitals say nothing about names here
     for _lang, rx in _deictic_rx():
-        if m := rx.search(question):
+        for m in rx.finditer(question):
+            if re.search(r"(?:context|kontext|contexte)$", m.group(0), re.I) and re.match(
+                r"\s+(?:of|von|des|de|du)\b", question[m.end() :], re.I
+            ):
+                continue  # "in the context of the Cold War" is not the given context
             return m.group(0).strip()
     names = _proper_nouns(question)
     for lang, pat in _PRONOUNS.items():
-        m = re.search(pat, question, re.IGNORECASE)
-        if m and (not names or names[0] > m.start()):
+        pm = re.search(pat, question, re.IGNORECASE)
+        if pm and (not names or names[0] > pm.start()):
             if lang == "fr" and not re.search(
                 r"\b(?:quel|quelle|qui|que|qu['’]|comment|pourquoi|où|quand|combien)\b", question, re.I
             ):
@@ -234,60 +242,66 @@ def context_pointer(question: str) -> str | None:
                 r"\b(?:what|who|whom|which|when|where|why|how|did|does|is|was)\b", question, re.I
             ):
                 continue
-            return f"{m.group(0)} (no name before it)"
-    if not names and (m := re.search(_ROLE_EN, question, re.IGNORECASE)):
-        return f"{m.group(0)} (never named)"
+            return f"{pm.group(0)} (no name before it)"
+    if not names and (rm := re.search(_ROLE_EN, question, re.IGNORECASE)):
+        return f"{rm.group(0)} (never named)"
     return None
 
 
 # ---------------------------------------------------------------------------------------------- refusals
 
+_SRC_EN = (
+    r"(?:text|passage|context|document|article|excerpt|essay|source|paragraph|section|information|report|data|"
+    r"material|content|chunk|filing|biography)"
+)
+_SRC_DE = r"(?:text|abschnitt|kontext|artikel|dokument|passage|auszug|quelle|absatz|bericht)\w*"
+# Refusals and non-answers. Phrases a real answer also uses ("he was unable to find a club", "it is
+# unclear whether", "leider", "was not given a contract") are left out or tied to the source text.
 _REFUSAL_EN = [
     r"\bas an ai\b",
     r"\b(?:ai|large)?\s*language model\b",
     r"\bi(?:'m| am) (?:sorry|unable|not able|afraid)\b",
-    r"\bi (?:can(?:not|'t)|could not|couldn't|do not|don't) (?:help|answer|assist|determine|find|provide|say|tell|"
-    r"know|see|identify|confirm|verify|access)\b",
-    r"\b(?:the|this|that|provided|given)\s+(?:\w+\s+)?(?:text|passage|context|document|article|excerpt|essay|source|"
-    r"paragraph|section|information|report|data|material|content|chunk|filing|biography)\s+(?:does not|doesn't|"
-    r"do not|don't|did not|didn't|fails to|never)\s+(?:\w+\s+)?(?:say|state|mention|specify|provide|contain|include|"
-    r"give|indicate|identify|describe|discuss|explain|name|reveal|tell|address|cover|list|offer|detail)\b",
-    r"\b(?:is|are|was|were)\s+not\s+(?:explicitly\s+|clearly\s+|directly\s+)?(?:mentioned|specified|stated|provided|"
-    r"given|included|indicated|described|disclosed|named|identified|listed|discussed|available|known|clear)\b",
-    r"\bnot\s+(?:explicitly\s+|clearly\s+)?(?:mentioned|specified|stated|provided|given|disclosed)\s+in\b",
-    r"\b(?:there is|there's|there are|contains|with|has|have|gives|provides)\s+no\s+(?:\w+\s+)?(?:information|mention|"
-    r"indication|details?|data|reference|record)\b",
+    r"\bi (?:can(?:not|'t)|could not|couldn't|do not|don't) (?:help|answer|assist|determine|provide|tell|identify)\b",
+    rf"\b(?:the|this|that|provided|given)\s+(?:\w+\s+)?{_SRC_EN}\s+(?:(?:provided|given|above|here)\s+)?(?:does not|"
+    r"doesn't|do not|don't|did not|didn't|fails to|never)\s+(?:\w+\s+)?(?:say|state|mention|specify|provide|contain|"
+    r"include|give|indicate|identify|describe|discuss|explain|name|reveal|tell|address|cover|list|offer|detail)\b",
+    r"\bnot\s+(?:explicitly\s+|clearly\s+|directly\s+)?(?:mentioned|specified|stated|provided|given|disclosed|"
+    rf"indicated|described)\s*(?:[.!]|$|in\s+(?:the|this)\s+(?:\w+\s+)?{_SRC_EN})",
+    r"\b(?:there is|there's|there are|contains|gives|provides)\s+no\s+(?:\w+\s+)?(?:information|mention|"
+    r"indication|details?|reference)\b",
     r"\bno (?:information|mention|details?) (?:is|are|was|were) (?:given|provided|available|included)\b",
     r"\b(?:not enough|insufficient|no specific|no relevant) (?:information|details|data|context)\b",
-    r"\b(?:unable|impossible) to (?:determine|answer|find|tell|say|identify|know)\b",
-    r"\bcannot be (?:determined|answered|found|identified|inferred)\b",
-    r"\b(?:it is|it's) (?:unclear|not clear|not possible to (?:say|tell|determine))\b",
-    r"\bunfortunately,? (?:the|i|there|this|it)\b",
+    r"\b(?:unable|impossible) to (?:determine|answer|tell|say)\b",
+    r"\bcannot be (?:determined|answered|inferred)\b",
+    r"\b(?:it is|it's) not possible to (?:say|tell|determine)\b",
+    rf"\bunclear from the\s+(?:\w+\s+)?{_SRC_EN}\b",
 ]
 _REFUSAL_DE = [
     r"\bals (?:eine )?ki\b|\bsprachmodell\b",
-    r"\b(?:es )?tut mir leid\b|\bleider\b",
-    r"\b(?:ich )?kann (?:ich )?(?:diese frage )?(?:nicht|keine)\s+(?:\w+\s+)?(?:beantworten|sagen|feststellen|finden|"
+    r"\b(?:es )?tut mir leid\b",
+    r"\b(?:ich )?kann (?:ich )?(?:diese frage )?(?:nicht|keine)\s+(?:\w+\s+)?(?:beantworten|sagen|feststellen|"
     r"bestimmen|angeben)\b",
     r"\b(?:wird|werden|ist|sind|wurde|wurden)\s+(?:im \w+ )?(?:nicht|nirgends|nirgendwo)\s+"
-    r"(?:explizit\s+|ausdrücklich\s+)?(?:erwähnt|angegeben|genannt|beschrieben|spezifiziert|aufgeführt|ersichtlich|bekannt)\b",
-    r"\b(?:nennt|erwähnt|sagt|enthält|gibt|liefert|beschreibt)\s+(?:\w+\s+){0,3}?(?:keine|nicht|nichts|kein)\b"
-    r"(?:\s+(?:angaben|informationen|auskunft|hinweise?|details))?",
+    r"(?:explizit\s+|ausdrücklich\s+)?(?:erwähnt|angegeben|beschrieben|spezifiziert|aufgeführt|ersichtlich)\b",
+    rf"\b{_SRC_DE}\s+(?:\w+\s+){{0,2}}?(?:nennt|erwähnt|sagt|enthält|gibt|liefert|beschreibt)\s+(?:\w+\s+){{0,3}}?"
+    r"(?:keine|nicht|nichts|kein)\b",
+    rf"\b(?:nennt|erwähnt|sagt|enthält|gibt|liefert|beschreibt)\s+(?:der|die|das|dieser|diese|dieses)\s+{_SRC_DE}\s+"
+    r"(?:\w+\s+){0,3}?(?:keine|nicht|nichts|kein)\b",
     r"\bkeine\s+(?:genauen\s+|konkreten\s+|weiteren\s+)?(?:angaben|informationen|auskunft|hinweise|details)\b",
     r"\bnicht (?:genug|ausreichend) (?:informationen|angaben)\b",
     r"\blässt sich (?:nicht|nicht eindeutig) (?:sagen|feststellen|bestimmen|beantworten)\b",
 ]
 _REFUSAL_FR = [
     r"\ben tant qu['’](?:ia|intelligence artificielle|assistant)\b|\bmod[eè]le de langage\b",
-    r"\bje suis d[ée]sol[ée]e?\b|\bmalheureusement\b",
-    r"\bje ne (?:peux|sais|suis) pas\b|\bje n['’]ai pas\b",
-    r"\bne\s+(?:\w+\s+)?(?:dit|mentionne|pr[ée]cise|donne|indique|fournit|contient|nomme|sp[ée]cifie|d[ée]crit|"
-    r"parle|r[ée]v[eè]le|explique)\s+(?:\w+\s+)?(?:pas|rien|aucun|aucune|nullement)\b",
-    r"\bn['’](?:est|sont|a|ont)\s+(?:pas|nulle part|jamais)\s+(?:\w+\s+)?(?:mentionn|pr[ée]cis|indiqu|sp[ée]cifi|"
-    r"donn|fourni|d[ée]crit|nomm|[ée]voqu|connu)\w*",
-    r"\b(?:aucune|pas d['’]|pas assez d['’]|peu d['’])\s*(?:information|indication|pr[ée]cision|d[ée]tail|mention)s?\b",
-    r"\b(?:ne permet|ne permettent) pas de\b|\bimpossible de (?:d[ée]terminer|r[ée]pondre|savoir|dire)\b",
-    r"\bon ne (?:sait|peut) pas\b",
+    r"\bje suis d[ée]sol[ée]e?\b",
+    r"\bje ne (?:peux|sais) pas\b",
+    r"\bne\s+(?:\w+\s+)?(?:dit|mentionne|pr[ée]cise|indique|sp[ée]cifie|nomme|[ée]voque|parle)\s+(?:\w+\s+)?"
+    r"(?:pas|rien|aucun|aucune|nullement)\b",
+    r"\bn['’](?:est|sont)\s+(?:pas|nulle part|jamais)\s+(?:\w+\s+)?(?:mentionn|pr[ée]cis|indiqu|sp[ée]cifi|"
+    r"[ée]voqu)\w*",
+    r"\b(?:aucune|pas d['’]|pas assez d['’]|peu d['’])\s*(?:information|indication|pr[ée]cision|mention)s?\b",
+    r"\b(?:ne permet|ne permettent) pas de (?:d[ée]terminer|savoir|r[ée]pondre|dire)\b",
+    r"\bimpossible de (?:d[ée]terminer|r[ée]pondre|savoir|dire)\b",
 ]
 
 

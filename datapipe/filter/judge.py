@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from datapipe.config import JudgeConfig
 from datapipe.errors import TeacherError
@@ -50,10 +50,10 @@ def parse_scores(text: str) -> dict[str, float]:
 class QAJudge:
     """The judge: one prompt for all kinds, or a rubric per kind (``{"qa": ..., "instruction": ...}``)."""
 
-    def __init__(self, cfg: JudgeConfig, teacher: Teacher, prompt: Prompt | dict[str, Prompt]) -> None:
+    def __init__(self, cfg: JudgeConfig, teacher: Teacher, prompt: Prompt | Mapping[str, Prompt]) -> None:
         self.cfg = cfg
         self.teacher = teacher
-        self.prompts = prompt if isinstance(prompt, dict) else {k: prompt for k in cfg.kinds}
+        self.prompts: dict[str, Prompt] = {k: prompt for k in cfg.kinds} if isinstance(prompt, Prompt) else dict(prompt)
 
     @property
     def prompt_hashes(self) -> dict[str, str]:

@@ -342,7 +342,7 @@ def section_stages(data: RunData, facts: dict[str, Any]) -> Section:
         stages.append(row)
         rows.append([row["stage"], row["unit"], row["in"], row["out"], row["rejected"], row["seconds"]])
     facts["stages"] = stages
-    missing = [s for s in STAGES if s not in data.manifests]
+    missing = [s for s in STAGES if s not in data.manifests and s != "import"]  # import is optional
     body: list[str] = []
     if not stages:
         body.append(_nodata("this run has no stage manifests yet: run `datapipe run` or a stage command first"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import LlamaServer, write_config
+from tests.conftest import TINY_TEACHER_FILTER, LlamaServer, write_config
 
 DOCS = {
     "pumps.md": """# Pump maintenance
@@ -87,7 +87,7 @@ def refresh_config(path: Path, server: LlamaServer, **sections: Any) -> Path:
             "answer_params": {"max_new_tokens": 56, "temperature": 0.3, "seed": 1},
         },
         "filter": {
-            "languages": [],
+            **TINY_TEACHER_FILTER,
             "min_response_tokens": 0,
             "grounding": {"enabled": False},
             "near_dedup": {"enabled": False},

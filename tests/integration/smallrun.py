@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from datapipe.cli import app
 from datapipe.runs import load_target
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, TINY_TEACHER_FILTER, write_config
 
 EXAMPLE_DOCS = REPO / "examples" / "docs"
 DUPLICATED = "ideas-page.html"
@@ -45,7 +45,7 @@ def make_small_run(
             "question_params": {"max_new_tokens": 40},
             "answer_params": {"max_new_tokens": 48},
         },
-        filter={"judge": {"enabled": True, "kinds": ["instruction"]}},
+        filter={**TINY_TEACHER_FILTER, "judge": {"enabled": True, "kinds": ["instruction"]}},
     )
     result = CliRunner().invoke(app, ["run", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

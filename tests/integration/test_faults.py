@@ -27,7 +27,7 @@ from datapipe.config import GenerationParams, TeacherConfig
 from datapipe.records import Chunk, Sample
 from datapipe.store import RunStore
 from datapipe.teacher import Teacher
-from tests.conftest import FAST_GENERATE, LlamaServer, free_port, write_config
+from tests.conftest import FAST_GENERATE, TINY_TEACHER_FILTER, LlamaServer, free_port, write_config
 from tests.integration.faultproxy import RANDOM_FAULTS, FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ def faulty_run(
             "backoff_max_s": 1.0,
         },
         generate={**FAST_GENERATE, "max_chunks": 6},
-        filter={"grounding": {"enabled": False}, "languages": []},
+        filter={"grounding": {"enabled": False}, **TINY_TEACHER_FILTER},
     )
     records: list[str] = []
 

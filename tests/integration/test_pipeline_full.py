@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from datapipe.cli import app
 from datapipe.records import Chunk, Document, Reject, Sample
 from datapipe.store import RunStore
-from tests.conftest import FAST_GENERATE, write_config
+from tests.conftest import FAST_GENERATE, TINY_TEACHER_FILTER, write_config
 from tests.trainer_kit import sft_args, tiny_model_and_tokenizer, tiny_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -32,6 +32,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, corpus_docs: Path, bad_inputs:
         store=str(tmp / "runs"),
         sources=[str(corpus_docs), str(bad_inputs)],
         generate={**FAST_GENERATE, "max_chunks": 20},
+        filter=TINY_TEACHER_FILTER,
     )
     result = runner.invoke(app, ["run", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from datapipe.cli import app
-from tests.conftest import FAST_GENERATE, LlamaServer, write_config
+from tests.conftest import FAST_GENERATE, TINY_TEACHER_FILTER, LlamaServer, write_config
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -41,7 +41,7 @@ def config(tmp_path: Path, corpus_docs: Path, llama_server: LlamaServer) -> Path
         teacher={"backend": "openai", "model": "smollm2", "base_url": llama_server.base_url, "max_concurrency": 2},
         generate={**FAST_GENERATE, "max_chunks": 6},
         # this test is about stages and teacher calls, not filtering: keep the weak teacher's answers
-        filter={"grounding": {"enabled": False}, "languages": []},
+        filter={"grounding": {"enabled": False}, **TINY_TEACHER_FILTER},
     )
 
 

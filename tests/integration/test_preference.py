@@ -16,7 +16,7 @@ from datapipe.generate.prompts import load_prompt
 from datapipe.records import Candidate, PreferencePair, Reject, Sample
 from datapipe.store import RunStore
 from datapipe.teacher import Teacher
-from tests.conftest import LlamaServer, free_port, write_config
+from tests.conftest import TINY_TEACHER_FILTER, LlamaServer, free_port, write_config
 from tests.integration.faultproxy import FaultProxy
 from tests.records_kit import make_sample
 from tests.trainer_kit import dpo_args, tiny_model_and_tokenizer
@@ -49,7 +49,7 @@ def pref_run(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
             },
         },
         # pairs are what this tests: keep the weak teacher's samples (the filters are tested on their own)
-        filter={"grounding": {"enabled": False}, "languages": []},
+        filter={"grounding": {"enabled": False}, **TINY_TEACHER_FILTER},
     )
     result = runner.invoke(app, ["run", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -26,7 +26,7 @@ from datapipe.fsio import read_table
 from datapipe.records import Chunk, Document, PreferencePair, Sample
 from datapipe.runs import load_target
 from datapipe.store import RunStore
-from tests.conftest import FAST_GENERATE, S3_ENV, LlamaServer, S3Server, free_port, write_config
+from tests.conftest import FAST_GENERATE, S3_ENV, TINY_TEACHER_FILTER, LlamaServer, S3Server, free_port, write_config
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -81,7 +81,11 @@ def _config(tmp: Path, corpus_docs: Path, llama_server: LlamaServer, s3: S3Serve
                 "min_margin": 0.5,
             },
         },
-        filter={"grounding": {"enabled": False}, "languages": [], "near_dedup": {"partitions": 2, "slice_size": 2}},
+        filter={
+            "grounding": {"enabled": False},
+            **TINY_TEACHER_FILTER,
+            "near_dedup": {"partitions": 2, "slice_size": 2},
+        },
         runner=runner,
     )
 
