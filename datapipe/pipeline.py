@@ -295,7 +295,7 @@ def run_chunk(
         if have:
             n_out = len(store.read_shard("chunk", key, Chunk))
         else:
-            chunker = chunker or SemanticChunker(cfg.chunk)
+            chunker = chunker or SemanticChunker(cfg.chunk, str(cfg.base_dir))
             chunks = [c for d in docs for c in chunker.chunk(d)]
             store.write_shard("chunk", key, Chunk.to_table(chunks), [])
             n_out = len(chunks)

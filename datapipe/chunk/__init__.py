@@ -17,9 +17,10 @@ other chunk keeps its text and its id:
    gap (recursively), a function of that stretch alone.
 
 Tokens are counted with the embedding model's own tokenizer, with truncation off. A chunk id hashes
-the chunk's own text, heading, source path and the chunker config (and which repeat of that text in
-the document it is), not the document's bytes or offsets: a chunk whose text did not change keeps its
-id, and so do the samples generated from it. The document id and char span stay in the record.
+the chunk's own text, heading, source path (relative to the pipeline file's folder) and the chunker
+config (and which repeat of that text in the document it is), not the document's bytes or offsets: a
+chunk whose text did not change keeps its id, and so do the samples generated from it. The document
+id and char span stay in the record.
 
 A table (a document span of category ``Table``, Markdown) is never cut mid-row: it is one unit, and a
 table longer than ``max_tokens`` is split between rows into parts that each start with the table's
@@ -248,8 +249,11 @@ def split_range(
 
 
 class SemanticChunker:
-    def __init__(self, cfg: ChunkConfig) -> None:
+    def __init__(self, cfg: ChunkConfig, root: str | None = None) -> None:
+        """``root``: the pipeline file's folder; a chunk id names its document by the path relative to it, so
+        the same project in another folder (a colleague's checkout, CI) gives the same ids."""
         self.cfg = cfg
+        self.root = root
         self.model = load_embedder(cfg.model)
         self.tokenizer = self.model.tokenizer
         self.config_hash = content_id(cfg.model_dump(mode="json"), self.model_name, length=16)
@@ -318,7 +322,15 @@ class SemanticChunker:
         heading = sents[0].heading
         # identity from the chunk's own text and what its prompts see (not the document's bytes or offsets),
         # so an edit elsewhere in the document leaves this chunk and its samples as they were
-        ident = content_id(doc.source_path, doc.taxonomy_path, heading, heading_path, doc.title, text, self.config_hash)
+        ident = content_id(
+            source_key(doc.source_path, self.root),
+            doc.taxonomy_path,
+            heading,
+            heading_path,
+            doc.title,
+            text,
+            self.config_hash,
+        )
         repeat = seen.get(ident, 0)  # the same text twice in one document: the second gets its own id
         seen[ident] = repeat + 1
         return Chunk(
@@ -339,7 +351,17 @@ class SemanticChunker:
         )
 
 
-def chunk_documents(docs: Iterable[Document], cfg: ChunkConfig) -> Iterator[Chunk]:
-    chunker = SemanticChunker(cfg)
+def source_key(source_path: str, root: str | None) -> str:
+    """A document's name in chunk ids: its path relative to ``root`` when it lies below it (POSIX form),
+    else the path or URL as recorded."""
+    if root and "://" not in source_path:
+        rel = os.path.relpath(os.path.abspath(source_path), os.path.abspath(root))
+        if not rel.startswith(".."):
+            return rel.replace(os.sep, "/")
+    return source_path
+
+
+def chunk_documents(docs: Iterable[Document], cfg: ChunkConfig, root: str | None = None) -> Iterator[Chunk]:
+    chunker = SemanticChunker(cfg, root)
     for doc in docs:
         yield from chunker.chunk(doc)

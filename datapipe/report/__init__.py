@@ -102,12 +102,15 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
 
 
 def tokens_per_kept_line(summary: dict[str, Any]) -> str | None:
-    """Teacher tokens (in + out, every stage, this run's calls) per sample the filter kept; None without both."""
+    """Teacher tokens (in + out, every stage, this run's calls) per sample the filter kept (``none`` when it
+    kept none: the line is there whatever the data, so the summary keeps one shape); None without a filter
+    stage or a teacher."""
     kept = next((s["out"] for s in summary["stages"] if s["stage"] == "filter"), None)
-    if not summary["teacher"] or not kept:
+    if not summary["teacher"] or kept is None:
         return None
     tokens = sum(t.get("input_tokens", 0) + t.get("output_tokens", 0) for _, t in summary["teacher"])
-    return f"teacher tokens per kept sample: {tokens / kept:.0f} ({tokens} tokens / {kept} kept samples)"
+    per = f"{tokens / kept:.0f}" if kept else "none"
+    return f"teacher tokens per kept sample: {per} ({tokens} tokens / {kept} kept samples)"
 
 
 def privacy_line(stage: str, p: dict[str, Any]) -> str:

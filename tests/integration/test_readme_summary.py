@@ -67,7 +67,8 @@ def shape(output: str) -> dict[str, Any]:
             i += 1
         i += 1
         tables.append({"title": title, "columns": columns, "first_column": first})
-    closing = [re.sub(r"\d+(\.\d+)?", "N", re.sub(r"\S*/\S+", "PATH", ln)) for ln in loose]
+    # numbers (and "none", a count that is nought, e.g. tokens per kept sample with no sample kept) -> N
+    closing = [re.sub(r"\d+(\.\d+)?|\bnone\b", "N", re.sub(r"\S*/\S+", "PATH", ln)) for ln in loose]
     return {"tables": tables, "closing": closing}
 
 
