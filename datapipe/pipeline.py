@@ -163,7 +163,11 @@ def run_extract(
         for src, digest, _, have, _ in todo
         if not have
     ]
-    with ExtractPool(cfg.extract, pending, workers=1 if part is not None else cfg.extract.workers) as pool:
+    # objects under a URL are fetched and extracted here: a worker process (forked from a server started
+    # earlier) would not see credentials set in this process's environment since
+    remote = any(not is_local(src.path) for src, _ in pending if isinstance(src.path, UPath))
+    workers = 1 if part is not None or remote else cfg.extract.workers
+    with ExtractPool(cfg.extract, pending, workers=workers) as pool:
         for src, _digest, key, have, hash_s in todo:
             if have and part is not None:
                 continue

@@ -303,9 +303,16 @@ def reidentify_value(obj: Any, mapping: dict[str, dict[str, str]]) -> Any:
     return obj
 
 
+def audited(entity: str, value: str) -> bool:
+    """Whether the audit looks for ``value``: the values :meth:`Privacy._learn` replaces wherever they occur.
+    A one-word "person" is left out there and here: from the English NER on German text it is mostly a
+    capitalised noun ("Regel", "Buchhaltung"), and searching samples for it would reject them for nothing."""
+    return len(value) >= 3 and (entity != "PERSON" or len(value.split()) > 1)
+
+
 def leak_pattern(mapping: dict[str, dict[str, str]]) -> re.Pattern[str] | None:
-    """A regex matching any real value the run pseudonymised (whole words only)."""
-    values = sorted({v["value"] for v in mapping.values() if len(v["value"]) >= 3}, key=len, reverse=True)
+    """A regex matching any real value the run pseudonymised (whole words only), as far as it is audited."""
+    values = sorted({v["value"] for v in mapping.values() if audited(v["entity"], v["value"])}, key=len, reverse=True)
     if not values:
         return None
     return re.compile(r"(?<![\w@.])(?:" + "|".join(map(re.escape, values)) + r")(?![\w@])")
@@ -322,7 +329,10 @@ def protect_chunks(privacy: Privacy, shards: list[tuple[str, list[Any]]]) -> lis
 
     def one(c: Any) -> Any:
         heading = privacy.protect(c.heading) if c.heading else c.heading
-        return c.model_copy(update={"text": privacy.protect(c.text), "heading": heading})
+        title = privacy.protect(c.document_title) if c.document_title else c.document_title
+        path = [privacy.protect(h) for h in c.heading_path]  # the title and headings reach the prompts too
+        update = {"text": privacy.protect(c.text), "heading": heading, "document_title": title, "heading_path": path}
+        return c.model_copy(update=update)
 
     out = [(k, [one(c) for c in cs]) for k, cs in shards]
     privacy.flush()
@@ -337,6 +347,7 @@ def sample_texts(sample: Any) -> list[str]:
         *(m.content for m in sample.messages),
         sample.provenance.context or "",
         sample.provenance.heading or "",
+        *sample.provenance.heading_path,
     ]
 
 

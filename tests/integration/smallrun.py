@@ -40,6 +40,8 @@ def make_small_run(
         sources=[str(EXAMPLE_DOCS), str(copies)],
         teacher={"backend": "llamacpp", "cache_path": str(cache)},
         generate={
+            # plumbing, not prompt quality: the 135M teacher follows v1's simpler question prompt more often
+            "prompt_version": "v1",
             "questions_per_chunk": 1,
             "max_chunks": 3,
             "question_params": {"max_new_tokens": 40},

@@ -33,6 +33,7 @@ from datapipe.store import RunStore
 from datapipe.versions import list_versions
 from tests.conftest import (
     FAST_GENERATE,
+    TINY_TEACHER_FILTER,
     LlamaServer,
     PrefectServer,
     free_port,
@@ -83,7 +84,7 @@ def _config(root: Path, corpus_docs: Path, base_url: str, run_id: str = "outage"
             "unreachable_after": 3,
         },
         generate={**FAST_GENERATE, "max_chunks": 6},
-        filter={"grounding": {"enabled": False}, "languages": []},
+        filter={"grounding": {"enabled": False}, **TINY_TEACHER_FILTER},
     )
 
 

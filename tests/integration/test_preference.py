@@ -37,6 +37,8 @@ def pref_run(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
         store="runs",
         sources=[str(repo / "examples" / "docs")],
         generate={
+            # pairs, not prompt quality: the 135M teacher follows v1's simpler question prompt more often
+            "prompt_version": "v1",
             "questions_per_chunk": 1,
             "max_chunks": 6,
             "question_params": {"max_new_tokens": 48, "temperature": 0.7, "seed": 1},

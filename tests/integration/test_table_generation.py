@@ -46,7 +46,7 @@ def test_table_chunk_gets_cell_questions_answered_from_its_row(tmp_path: Path) -
             teacher,
             load_prompt("instruction_questions"),
             load_prompt("instruction_answer"),
-            load_prompt("table_questions"),
+            table_prompt=load_prompt("table_questions"),
         )
 
         async def go() -> tuple[list[Sample], list[Sample]]:
