@@ -312,7 +312,7 @@ def test_judge_and_preference_keep_pending_until_the_teacher_is_back(
         "candidates": [{"max_new_tokens": 24, "temperature": 0.2, "seed": 1}],
         "judge_params": {"max_new_tokens": 24, "temperature": 0.0},
     }
-    data["filter"]["judge"] = {"kinds": ["instruction"], "min_faithfulness": 1, "min_quality": 1}
+    data["filter"]["judge"] = {"enabled": True, "kinds": ["instruction"], "min_faithfulness": 1, "min_quality": 1}
     data["filter"]["min_response_tokens"] = 0
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     store = RunStore(root / "runs" / "outage")
