@@ -396,15 +396,9 @@ def function_word_counts(text: str) -> dict[str, int]:
 
 def detect(text: str) -> tuple[str, float] | None:
     """(ISO 639-1 code, probability) by langdetect with a fixed seed, or None when undecidable."""
-    from langdetect import DetectorFactory, detect_langs
-    from langdetect.lang_detect_exception import LangDetectException
+    from datapipe.filter import detect_language  # the filter package imports this module
 
-    DetectorFactory.seed = 0
-    try:
-        best = detect_langs(text)[0]
-    except LangDetectException:
-        return None
-    return str(best.lang), float(best.prob)
+    return detect_language(text)
 
 
 def language_of_context(text: str) -> str | None:
