@@ -27,6 +27,8 @@ import unicodedata
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from datapipe.privacy.detect import PLACEHOLDER
+
 if TYPE_CHECKING:
     from datapipe.records import Sample
 
@@ -200,15 +202,10 @@ _ROLE_EN = (
 )
 
 
-# the placeholders the privacy step writes for names and other values ([PERSON_1a2b3c4d], [PERSON]), as
-# datapipe.privacy.detect.PLACEHOLDER
-_PLACEHOLDER = re.compile(r"\[[A-Z_]+(?:_[0-9a-f]{8})?\]")
-
-
 def _proper_nouns(text: str) -> list[int]:
     """Offsets of the names in a question (en/fr): capitalised words inside a sentence, and a first word
     that is possessive or followed by another capitalised word."""
-    out = [m.start() for m in _PLACEHOLDER.finditer(text)]  # a pseudonymised name is a name
+    out = [m.start() for m in PLACEHOLDER.finditer(text)]  # [PERSON_1a2b3c4d]: a pseudonymised name is a name
     for m in re.finditer(r"[^\W\d_][\w'’.-]*", text):
         tok = m.group(0)
         if not tok[0].isupper() or tok in {"I", "I'm", "I've"}:

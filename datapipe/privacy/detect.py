@@ -17,20 +17,6 @@ from typing import Any
 
 from datapipe.errors import MissingDependencyError
 
-DEFAULT_ENTITIES = [
-    "PERSON",
-    "EMAIL_ADDRESS",
-    "PHONE_NUMBER",
-    "IBAN_CODE",
-    "CREDIT_CARD",
-    "IP_ADDRESS",
-    "URL_PERSONAL",
-    "DE_TAX_ID",
-    "DE_SOCIAL_SECURITY",
-    "STREET_ADDRESS",
-]
-"""What ``privacy.entities`` covers unless configured otherwise."""
-
 PHONE_REGIONS = ("DE", "AT", "CH", "GB", "US", "FR", "NL", "IT", "ES", "PL")
 
 # the placeholders datapipe writes: never analysed as PII again
