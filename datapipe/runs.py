@@ -1,7 +1,8 @@
 """Resolve what a command is pointed at: a pipeline.yaml, or a run folder made from one.
 
 Each run folder keeps ``config.json``, the validated config it was made with (absolute
-paths, no secrets), so any stage can be re-run on the folder alone.
+paths, no secrets) and the pipeline file's folder (``base_dir``: chunk ids name documents
+relative to it), so any stage can be re-run on the folder alone and makes the same ids.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ RUN_CONFIG = "config.json"
 def snapshot_config(cfg: PipelineConfig) -> UPath:
     """Write the run's config into its folder; it holds env var *names*, never their values."""
     data = cfg.model_dump(mode="json")
+    data["base_dir"] = str(cfg.base_dir.resolve())  # chunk ids name documents relative to it
     data["store"] = cfg.store if is_url(cfg.store) else str(cfg.resolve(cfg.store).resolve())
     data["sources"] = [
         s if is_url(s) or Path(s).is_absolute() else str((cfg.base_dir / s).resolve()) for s in cfg.sources
@@ -57,7 +59,10 @@ def load_target(target: str | Path | UPath) -> PipelineConfig:
                 f"made by `datapipe run` / `datapipe extract`"
             )
         data = json.loads(cfg_file.read_text(encoding="utf-8"))
-        return PipelineConfig(**data, base_dir=p.resolve() if isinstance(p, Path) else Path("."))
+        base = data.pop("base_dir", None)  # the pipeline file's folder (older run folders lack it)
+        if base is None:
+            base = p.resolve() if isinstance(p, Path) else Path(".")
+        return PipelineConfig(**data, base_dir=Path(base))
     cfg = load_config(Path(str(p)))
     snapshot_config(cfg)
     return cfg

@@ -285,8 +285,13 @@ def test_format_rows_load_and_train_one_sft_step(fmt: str, format_samples: list[
     from datapipe.export import ExportOptions, export_records
     from tests.trainer_kit import sft_args, tiny_model_and_tokenizer
 
+    from datapipe.export.split import split_point
+
     samples = [s.model_copy(update={"id": f"{s.id}-{i}"}) for i, s in enumerate(format_samples)]
-    result = export_records(samples, ExportOptions(fmt=fmt, split=0.75), tmp_path / fmt)
+    # ids follow the prompts' text: a fixed fraction can put every row in train; cut between the ids instead
+    points = sorted(split_point(s.id) for s in samples)
+    cut = (points[-4] + points[-3]) / 2  # three rows in validation, the rest in train
+    result = export_records(samples, ExportOptions(fmt=fmt, split=cut), tmp_path / fmt)
     ds = datasets.load_dataset("parquet", data_files={s: str(p) for s, p in result.files.items()})
     rows = {r["id"].rsplit("-", 1)[0]: r for r in ds["train"]} | {
         r["id"].rsplit("-", 1)[0]: r for r in ds["validation"]
