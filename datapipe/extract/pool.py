@@ -3,13 +3,16 @@
 Parsing is CPU-bound Python (pdfminer, lxml, spaCy's sentence splitter inside unstructured), so threads
 would share one core; processes do not. Workers are forked from a fork server that imported the
 extractor once (``forkserver``), so a worker starts in a fraction of a second and never inherits the
-threads of the calling process (Prefect's, Ray's). Only a bounded window of files is in flight ahead
-of the one the caller waits for, so finished documents do not pile up in memory behind a slow file.
+threads of the calling process (Prefect's, Ray's). Files are handed to the workers largest first (the
+longest-processing-time-first rule: a large file started last would leave the other workers idle while
+it runs alone), but only a bounded window of them is submitted and not yet collected, so finished
+documents do not pile up in memory; the file the caller waits for is always submitted.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -53,6 +56,14 @@ class _Missing(MissingDependencyError):
         self.install = message.rsplit("Install it with: ", 1)[-1]
 
 
+def _size(src: Any) -> int:
+    """The file's size in bytes, the cost estimate for scheduling (0 when it cannot be read here)."""
+    try:
+        return os.stat(src.path).st_size
+    except (OSError, TypeError, AttributeError):
+        return 0
+
+
 class ExtractPool:
     """Extract ``pending`` (source, known digest) pairs, in processes when ``workers`` > 1 and there is more
     than one file; :meth:`result` hands them back one by one in the same order. With one worker (or one
@@ -60,10 +71,15 @@ class ExtractPool:
 
     def __init__(self, cfg: ExtractConfig, pending: list[tuple[Any, str | None]], workers: int) -> None:
         self.cfg = cfg
-        self.pending = deque(pending)
+        self.pending = list(pending)
         self.workers = max(1, min(workers, len(pending)))
         self.parallel = self.workers > 1
-        self.in_flight: deque[tuple[Any, Future[Any]]] = deque()
+        self.next = 0  # the position (in ``pending``) the caller collects next
+        # positions to submit, largest file first; sorted() is stable, so equal sizes keep source order
+        self.order: deque[int] = deque(
+            sorted(range(len(self.pending)), key=lambda i: -_size(self.pending[i][0])) if self.parallel else []
+        )
+        self.submitted: dict[int, Future[Any]] = {}  # submitted and not yet collected
         self.executor: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ExtractPool:
@@ -79,22 +95,29 @@ class ExtractPool:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def _fill(self) -> None:
+    def _submit(self, pos: int) -> None:
         assert self.executor is not None
-        while self.pending and len(self.in_flight) < self.workers * AHEAD_PER_WORKER:
-            src, digest = self.pending.popleft()
-            self.in_flight.append((src, self.executor.submit(extract_timed, src, self.cfg, digest)))
+        src, digest = self.pending[pos]
+        self.submitted[pos] = self.executor.submit(extract_timed, src, self.cfg, digest)
+
+    def _fill(self) -> None:
+        while self.order and len(self.submitted) < self.workers * AHEAD_PER_WORKER:
+            pos = self.order.popleft()
+            if pos >= self.next and pos not in self.submitted:
+                self._submit(pos)
 
     def result(self, src: Any) -> tuple[Document | Reject, float]:
         """The next source's document or reject (``src`` must be that source) and its extraction seconds."""
+        pos = self.next
+        want, digest = self.pending[pos]
+        assert want == src, f"extract results out of order: {want} before {src}"
+        self.next += 1
         if self.executor is None:
-            want, digest = self.pending.popleft()
-            assert want == src, f"extract results out of order: {want} before {src}"
             out, seconds = extract_timed(src, self.cfg, digest)
         else:
-            want, fut = self.in_flight.popleft()
-            assert want == src, f"extract results out of order: {want} before {src}"
-            out, seconds = fut.result()
+            if pos not in self.submitted:  # a small file the window has not reached: the caller needs it now
+                self._submit(pos)
+            out, seconds = self.submitted.pop(pos).result()
             self._fill()
         if isinstance(out, tuple):
             raise _Missing(out[1])
