@@ -283,9 +283,8 @@ def test_format_rows_load_and_train_one_sft_step(fmt: str, format_samples: list[
     from trl.data_utils import is_conversational
 
     from datapipe.export import ExportOptions, export_records
-    from tests.trainer_kit import sft_args, tiny_model_and_tokenizer
-
     from datapipe.export.split import split_point
+    from tests.trainer_kit import sft_args, tiny_model_and_tokenizer
 
     samples = [s.model_copy(update={"id": f"{s.id}-{i}"}) for i, s in enumerate(format_samples)]
     # ids follow the prompts' text: a fixed fraction can put every row in train; cut between the ids instead
