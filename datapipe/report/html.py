@@ -490,6 +490,7 @@ def section_scores(data: RunData, facts: dict[str, Any]) -> Section:
         body.append(_preference_signal(data, facts))
     elif "preference" in data.manifests:
         body.append(_nodata("the preference stage made no pairs"))
+        body.append(_preference_signal(data, facts))  # what the pairwise check saw, pairs or not
     return Section(
         "scores",
         "Judge scores",
@@ -503,7 +504,7 @@ def _preference_signal(data: RunData, facts: dict[str, Any]) -> str:
     from datapipe.report.preference import pct, preference_stats
 
     stats = preference_stats(data.pairs, data.pair_reject_verdicts)
-    facts["scores"]["preference"].update(stats)
+    facts["scores"].setdefault("preference", {"pairs": 0}).update(stats)
     rows = [
         ("judged pairs", str(stats["pairs"])),
         ("hard negatives (synthetic)", str(stats["hard_negatives"])),

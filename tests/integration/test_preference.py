@@ -69,9 +69,52 @@ def pref_run(tmp_path_factory: pytest.TempPathFactory) -> RunStore:
     return RunStore(tmp / "runs" / "pref")
 
 
-def test_pairs_respect_the_margin_and_keep_every_rating(pref_run: RunStore) -> None:
-    pairs = list(pref_run.iter_records("preference", PreferencePair))
-    assert pairs, "the embedded teacher formed no preference pair"
+@pytest.fixture(scope="module")
+def pointwise_run(pref_run: RunStore, tmp_path_factory: pytest.TempPathFactory) -> RunStore:
+    """The same run with ``pairwise: false`` (rubric scores and margin only), on a copy of ``pref_run`` with its
+    teacher cache: the same candidates and ratings, without the pairwise check. The 135M judge is strongly
+    position-biased (it tends to answer "A" whichever answer comes first), so the default run keeps few or no
+    pairs; this one shows what the pairwise check removed and gives DPOTrainer rows to train on."""
+    import shutil
+
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("pointwise")
+    src = Path(pref_run.root).parents[1]
+    shutil.copytree(src / "runs", tmp / "runs", symlinks=True)
+    data = yaml.safe_load((src / "p.yaml").read_text())
+    data["store"] = str(tmp / "runs")
+    data["generate"]["preference"]["pairwise"] = False
+    cfg = write_config(tmp / "p.yaml", **data)
+    result = runner.invoke(app, ["run", str(cfg)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return RunStore(tmp / "runs" / "pref")
+
+
+def test_pairwise_check_judges_every_pair_the_margin_let_through(pref_run: RunStore, pointwise_run: RunStore) -> None:
+    """Real run: each pair the rubric alone makes is, with the pairwise check, either kept (both orders agree) or
+    a reject that keeps both verdicts."""
+    plain = {p.sample_id: p for p in pointwise_run.iter_records("preference", PreferencePair)}
+    assert plain, "the embedded teacher formed no preference pair"
+    checked = {p.sample_id: p for p in pref_run.iter_records("preference", PreferencePair)}
+    rejects = {r.record_id: r for r in pref_run.iter_rejects("preference")}
+    assert pointwise_run.read_manifest("preference")["teacher"]["calls"] == 0  # every request answered by the cache
+    for sid, p in plain.items():
+        if sid in checked:
+            assert checked[sid].chosen == p.chosen and checked[sid].rejected == p.rejected
+            assert len(checked[sid].pairwise) == 2 and not p.pairwise
+        else:
+            r = rejects[sid]
+            assert r.reason in {"position_inconsistent", "judges_disagree", "tie", "judge_parse_error"}
+            verdicts = json.loads(r.payload)["pairwise"]
+            assert len(verdicts) == 2 and all(v["raw"] for v in verdicts)
+            assert [c["text"] for c in json.loads(r.payload)["candidates"]] == [c.text for c in p.candidates]
+
+
+@pytest.mark.parametrize("run_name", ["pref_run", "pointwise_run"])
+def test_pairs_respect_the_margin_and_keep_every_rating(run_name: str, request: pytest.FixtureRequest) -> None:
+    run: RunStore = request.getfixturevalue(run_name)
+    pairs = list(run.iter_records("preference", PreferencePair))
     for p in pairs:
         assert p.chosen_score - p.rejected_score >= MARGIN and p.margin == p.chosen_score - p.rejected_score
         assert len(p.candidates) == 3 and {c.source for c in p.candidates} == {"original", "teacher"}
@@ -82,18 +125,22 @@ def test_pairs_respect_the_margin_and_keep_every_rating(pref_run: RunStore) -> N
             assert c.model == "SmolLM2-135M-Instruct.Q4_1.gguf" and json.loads(c.params)
         assert p.judge_model == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.judge_prompt.startswith("preference_judge@v1#")
         assert p.provenance.chunk_id and p.provenance.source_path
-        # both orders were asked and agree on the chosen candidate; the grounding template is recorded
+        # with the pairwise check, both orders were asked and agree on the chosen candidate
         best = next(i for i, c in enumerate(p.candidates) if c.text == p.chosen[0].content)
-        assert [(v.first, v.second) for v in p.pairwise] == [(best, p.pairwise[0].second), (p.pairwise[0].second, best)]
-        assert all(v.raw for v in p.pairwise)
+        if run_name == "pref_run":
+            first, second = p.pairwise
+            assert (first.first, second.second) == (best, best) and first.second == second.first
+            assert {first.winner, second.winner} == {"first", "second"} and first.raw and second.raw
         assert p.length_diff == len(p.chosen[0].content) - len(p.rejected[0].content)
         assert all(c.prompt.startswith("preference_candidate@v1#") for c in p.candidates if c.source == "teacher")
 
 
-def test_every_prompt_is_a_pair_or_a_reject(pref_run: RunStore) -> None:
-    kept = {s.id for s in pref_run.iter_records("filter", Sample)}
-    pairs = {p.sample_id for p in pref_run.iter_records("preference", PreferencePair)}
-    rejects = {r.record_id: r for r in pref_run.iter_rejects("preference")}
+@pytest.mark.parametrize("run_name", ["pref_run", "pointwise_run"])
+def test_every_prompt_is_a_pair_or_a_reject(run_name: str, request: pytest.FixtureRequest) -> None:
+    run: RunStore = request.getfixturevalue(run_name)
+    kept = {s.id for s in run.iter_records("filter", Sample)}
+    pairs = {p.sample_id for p in run.iter_records("preference", PreferencePair)}
+    rejects = {r.record_id: r for r in run.iter_rejects("preference")}
     assert pairs | set(rejects) == kept and not pairs & set(rejects)
     assert all(
         r.reason
@@ -111,17 +158,44 @@ def test_every_prompt_is_a_pair_or_a_reject(pref_run: RunStore) -> None:
     )
 
 
-def test_dpo_export_loads_in_datasets_and_dpo_trainer(pref_run: RunStore, tmp_path: Path) -> None:
+def test_report_shows_the_preference_signal(pref_run: RunStore) -> None:
+    """The summary and the HTML report of the embedded-teacher run: margins, position consistency, longer-wins."""
+    from rich.console import Console
+
+    from datapipe.report import collect_summary, render_summary
+    from datapipe.report.html import build_report
+
+    pairs = list(pref_run.iter_records("preference", PreferencePair))
+    rejects = list(pref_run.iter_rejects("preference"))
+    stats = collect_summary(pref_run)["preference"]
+    assert stats["pairs"] == len(pairs) and sum(stats["margin_buckets"].values()) == len(pairs)
+    n_inconsistent = sum(r.reason == "position_inconsistent" for r in rejects)
+    assert stats["pairwise_checked"] - stats["position_consistent"] == n_inconsistent
+    assert stats["position_consistent"] >= len(pairs)  # every kept pair's two verdicts agree
+    assert stats["longer_won"] == sum(p.length_diff > 0 for p in pairs)
+    assert stats["length_differs"] == sum(p.length_diff != 0 for p in pairs)
+    console = Console(record=True, width=200)
+    console.print(render_summary(collect_summary(pref_run)))
+    text = console.export_text()
+    assert f"preference pairs: {len(pairs)} judged" in text
+    assert f"same verdict for A/B and B/A: {stats['position_consistent']} of {stats['pairwise_checked']}" in text
+    assert f"longer answer chosen: {stats['longer_won']} of {stats['length_differs']}" in text
+    html = build_report(pref_run)
+    assert "Preference signal" in html and "position consistency (A/B = B/A)" in html
+    assert f"{stats['position_consistent']}/{stats['pairwise_checked']}" in html
+
+
+def test_dpo_export_loads_in_datasets_and_dpo_trainer(pointwise_run: RunStore, tmp_path: Path) -> None:
     import copy
 
     import datasets
     from trl import DPOTrainer
     from trl.data_utils import apply_chat_template, is_conversational
 
-    path = pref_run.root / "exports" / "dpo" / "train.parquet"
+    path = pointwise_run.root / "exports" / "dpo" / "train.parquet"
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     assert {"prompt", "chosen", "rejected"} <= set(ds.column_names)
-    assert len(ds) == len(list(pref_run.iter_records("preference", PreferencePair)))
+    assert len(ds) == len(list(pointwise_run.iter_records("preference", PreferencePair)))
     row = ds[0]
     assert is_conversational(row)
     model, tok = tiny_model_and_tokenizer()
