@@ -504,7 +504,7 @@ def _preference_signal(data: RunData, facts: dict[str, Any]) -> str:
     from datapipe.report.preference import pct, preference_stats
 
     stats = preference_stats(data.pairs, data.pair_reject_verdicts)
-    facts["scores"].setdefault("preference", {"pairs": 0}).update(stats)
+    facts["preference_signal"] = stats
     rows = [
         ("judged pairs", str(stats["pairs"])),
         ("hard negatives (synthetic)", str(stats["hard_negatives"])),
