@@ -597,3 +597,51 @@ def test_no_hard_negative_without_another_fact_in_the_document(llama_server: Lla
         out = asyncio.run(go())
     assert len(out) == 1 and isinstance(out[0], PreferencePair)
     assert gen.hard_negative_counts == {"no_fact_to_replace": 1}
+
+
+# ------------------------------------------------------------------------ length bias rule
+
+
+@pytest.mark.parametrize(
+    ("long", "short", "reason"),
+    [
+        # much longer, and it adds numbers and a name the source does not have: rejected
+        pytest.param(
+            "It opened in 1928 after Ralph Freeman's 1925 plan and the 1930 works, a long story.",
+            "In 1928.",
+            "longer_not_better",
+            id="longer-and-less-grounded",
+        ),
+        # much longer but better grounded than the short answer (which gets the year wrong): kept
+        pytest.param(
+            "The Tyne Bridge in Newcastle opened in 1928, and its main arch spans 161 metres.",
+            "In 1931.",
+            None,
+            id="longer-and-better-grounded",
+        ),
+    ],
+)
+def test_length_rule(llama_server: LlamaServer, long: str, short: str, reason: str | None) -> None:
+    script = [f"content:{long}", f"content:{short}", "content:3", "content:5", "content:1", "content:A", "content:B"]
+    with FaultProxy(llama_server.base_url.removesuffix("/v1"), free_port(), script) as proxy:
+        teacher = Teacher(
+            TeacherConfig(backend="openai", model="smollm2", base_url=proxy.base_url, cache=False, max_concurrency=1)
+        )
+        cfg = PreferenceConfig(
+            enabled=True,
+            candidates=[GenerationParams(max_new_tokens=16), GenerationParams(max_new_tokens=16, temperature=1.2)],
+            max_length_ratio=2.0,
+        )
+        gen = PreferenceGenerator(cfg, teacher, load_prompt("preference_judge"))
+
+        async def go() -> PreferencePair | Reject:
+            async with teacher.session():
+                return await gen.for_sample(_bridge_sample())
+
+        out = asyncio.run(go())
+    if reason is None:
+        assert isinstance(out, PreferencePair) and out.chosen[0].content == long and out.rejected[0].content == short
+        assert out.length_diff == len(long) - len(short) > 0
+    else:
+        assert isinstance(out, Reject) and out.reason == reason and "max_length_ratio=2" in out.detail
+        assert len(json.loads(out.payload)["pairwise"]) == 2
