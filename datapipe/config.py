@@ -187,6 +187,34 @@ class PreferenceConfig(_Strict):
     judge_params: GenerationParams = GenerationParams(max_new_tokens=64, temperature=0.0)
     min_margin: float = Field(1.0, gt=0, description="chosen score - rejected score must reach this")
     min_chosen_score: float = Field(3.0, ge=1, le=5, description="a set whose best is below this is all_bad")
+    grounded: bool = Field(
+        True,
+        description="candidates see the sample's grounding: the source chunk (closed-book, through "
+        "candidate_prompt) or the documents already in the user turn (open-book)",
+    )
+    candidate_prompt: str = "preference_candidate"
+    second_model_label: str = Field("student", description="the source recorded for the second model's candidate")
+    pairwise: bool = Field(
+        True,
+        description="the judge compares the best and worst candidate as A/B and B/A; disagreeing orders are "
+        "rejected position_inconsistent, and the pointwise scores stay as secondary evidence",
+    )
+    pairwise_prompt: str = "preference_pairwise"
+    pairwise_params: GenerationParams = GenerationParams(max_new_tokens=48, temperature=0.0)
+    judge: Literal["teacher", "filter_judge"] = Field(
+        "teacher", description="who judges: the run's teacher, or filter.judge.teacher (the filter's judge model)"
+    )
+    max_length_ratio: float | None = Field(
+        None,
+        gt=1,
+        description="reject longer_not_better when the chosen answer is this many times longer than the "
+        "rejected one without fewer unsupported numbers/names (None: no length rule)",
+    )
+    hard_negatives: bool = Field(
+        False,
+        description="one more pair per formed pair: the chosen answer with one supported number or name replaced "
+        "by another from the same document; kept only when the number/name filters catch it",
+    )
 
     @model_validator(mode="after")
     def _two_candidates(self) -> PreferenceConfig:

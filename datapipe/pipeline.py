@@ -803,7 +803,9 @@ def run_preference(
 ) -> dict[str, Any]:
     """DPO pairs from the kept samples: candidates per prompt, judged; pairs or rejects with reasons.
     Batches of 8 prompts are its shards; ``part``/``done_elsewhere``/``stats_elsewhere``: see :func:`run_generate`."""
-    from datapipe.generate.preference import PreferenceGenerator
+    import contextlib
+
+    from datapipe.generate.preference import PreferenceGenerator, preference_documents
     from datapipe.generate.prompts import load_prompt
     from datapipe.records import PreferencePair
 
@@ -813,7 +815,19 @@ def run_preference(
     prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
     teacher = build_teacher(cfg)
     second = build_teacher(cfg, pcfg.second_model) if pcfg.second_model else None
-    gen = PreferenceGenerator(pcfg, teacher, load_prompt(pcfg.judge_prompt, None, prompts_dir), second)
+    judge_cfg = cfg.filter.judge.teacher if pcfg.judge == "filter_judge" else None
+    judge = build_teacher(cfg, judge_cfg) if judge_cfg else None
+    gen = PreferenceGenerator(
+        pcfg,
+        teacher,
+        load_prompt(pcfg.judge_prompt, None, prompts_dir),
+        second,
+        judge=judge,
+        candidate_prompt=load_prompt(pcfg.candidate_prompt, None, prompts_dir),
+        pairwise_prompt=load_prompt(pcfg.pairwise_prompt, None, prompts_dir),
+        documents=preference_documents(store) if pcfg.hard_negatives else None,
+        filter_cfg=cfg.filter,
+    )
     cfg_hash = gen.config_hash()
     rec = StageRecorder(store, "preference", cfg_hash)
     samples = sorted((s for s in store.iter_records("filter", Sample) if s.kind in pcfg.kinds), key=lambda s: s.id)
@@ -852,12 +866,11 @@ def run_preference(
         progress.advance("preference", len(skipped))
 
     async def main() -> None:
-        async with teacher.session():
-            if second is not None:
-                async with second.session():
-                    await run_batches()
-            else:
-                await run_batches()
+        async with contextlib.AsyncExitStack() as stack:
+            for t in (teacher, second, judge):
+                if t is not None:
+                    await stack.enter_async_context(t.session())
+            await run_batches()
 
     async def run_batches() -> None:
         for batch in batches:
@@ -871,12 +884,12 @@ def run_preference(
                 progress.advance("preference", len(batch))
             else:
 
-                async def one(s: Sample) -> PreferencePair | Reject:
-                    out = await gen.for_sample(s)
+                async def one(s: Sample) -> list[PreferencePair | Reject]:
+                    out = await gen.pairs_for(s)
                     progress.advance("preference")
                     return out
 
-                results = await asyncio.gather(*(one(s) for s in batch))
+                results = [r for rs in await asyncio.gather(*(one(s) for s in batch)) for r in rs]
                 pairs = [r for r in results if isinstance(r, PreferencePair)]
                 rejects = [r for r in results if isinstance(r, Reject)]
                 written, n_rej, n_pending = write_output(
@@ -894,10 +907,16 @@ def run_preference(
         out: dict[str, Any] = {"computed": computed, "teacher": teacher.stats.as_dict()}
         if second is not None:
             out["second_model"] = second.stats.as_dict()
+        if judge is not None:
+            out["judge"] = judge.stats.as_dict()
         return out
     rec.extra["teacher"] = teacher_record(teacher, stats_elsewhere)
     if second is not None:
         rec.extra["second_model"] = teacher_record(second, stats_elsewhere, "second_model")
+    if judge is not None:
+        rec.extra["judge"] = teacher_record(judge, stats_elsewhere, "judge")
+    if pcfg.hard_negatives:
+        rec.extra["hard_negatives"] = dict(gen.hard_negative_counts)  # this process's batches (not reused ones)
     progress.done("preference")
     return rec.finish()
 

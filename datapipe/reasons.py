@@ -55,6 +55,25 @@ CATALOGUE: dict[str, Reason] = {
         Reason("parse_error", ("generate",), "the teacher's text does not have the shape the task asks for", False),
         Reason("judge_parse_error", ("filter", "preference"), "the judge's reply has no usable score", False),
         Reason("over_max_chunks", ("generate",), "generate.max_chunks chunks were already sent to the teacher", False),
+        Reason(
+            "position_inconsistent",
+            ("preference",),
+            "the pairwise judge's verdicts change when the two answers swap places (A/B vs B/A): position bias",
+            False,
+        ),
+        Reason(
+            "judges_disagree",
+            ("preference",),
+            "both orders of the pairwise judge prefer the answer the rubric judge scored lower",
+            False,
+        ),
+        Reason(
+            "longer_not_better",
+            ("preference",),
+            "the chosen answer is generate.preference.max_length_ratio times longer than the rejected one "
+            "without fewer unsupported numbers or names",
+            False,
+        ),
     )
 }
 

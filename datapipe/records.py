@@ -14,7 +14,7 @@ import json
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 def content_id(*parts: Any, length: int = 24) -> str:
@@ -352,13 +352,16 @@ class Candidate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     text: str
-    source: str  # "original" | "teacher" | "second_model"
+    # "original" (the sample's answer) | "teacher" | the second model's label ("student") | "reviewer"
+    # (an Argilla correction) | "hard_negative" (synthetic: one fact of the chosen answer replaced)
+    source: str
     backend: str
     model: str
-    params: str  # JSON of the generation parameters
+    params: str  # JSON of the generation parameters (hard_negative: what was replaced, and which filter caught it)
     score: float | None = None
     rationale: str = ""
     judge_raw: str = ""
+    prompt: str = ""  # name@version#hash of the template that gave the candidate its grounding ("" when none)
 
 
 _CANDIDATE = pa.struct(
@@ -371,8 +374,23 @@ _CANDIDATE = pa.struct(
         ("score", pa.float64()),
         ("rationale", pa.string()),
         ("judge_raw", pa.string()),
+        ("prompt", pa.string()),
     ]
 )
+
+
+class PairwiseVerdict(BaseModel):
+    """One pairwise judge call: candidates ``first`` (shown as A) and ``second`` (B), indices into the pair's
+    candidates; ``winner`` is "first", "second", "tie" or "" (no verdict in the reply)."""
+
+    model_config = ConfigDict(extra="forbid")
+    first: int
+    second: int
+    winner: str
+    raw: str
+
+
+_VERDICT = pa.struct([("first", pa.int64()), ("second", pa.int64()), ("winner", pa.string()), ("raw", pa.string())])
 
 
 class PreferencePair(Record):
@@ -390,6 +408,14 @@ class PreferencePair(Record):
     judge_model: str
     judge_prompt: str  # name@version#hash
     provenance: Provenance
+    pairwise: list[PairwiseVerdict] = []  # both orders (A/B, B/A) when the pairwise judge ran
+    length_diff: int = 0  # characters of chosen minus rejected (set from the texts when not given)
+
+    @model_validator(mode="after")
+    def _length_diff(self) -> PreferencePair:
+        if not self.length_diff and self.chosen and self.rejected:
+            self.length_diff = len(self.chosen[-1].content) - len(self.rejected[-1].content)
+        return self
 
     schema_ = pa.schema(
         [
@@ -405,6 +431,8 @@ class PreferencePair(Record):
             ("judge_model", pa.string()),
             ("judge_prompt", pa.string()),
             ("provenance", _PROVENANCE),
+            ("pairwise", pa.list_(_VERDICT)),
+            ("length_diff", pa.int64()),
         ]
     )
 

@@ -90,7 +90,17 @@ def collect_summary(store: RunStore) -> dict[str, Any]:
             teacher.append((stage, m["teacher"]))
         if m.get("privacy"):
             privacy.append((stage, m["privacy"]))
+    preference = None
+    if store.read_manifest("preference") is not None:
+        from datapipe.records import PreferencePair
+        from datapipe.report.preference import preference_stats, reject_verdicts
+
+        preference = preference_stats(
+            store.iter_records("preference", PreferencePair),
+            (reject_verdicts(r) for r in store.iter_rejects("preference")),
+        )
     return {
+        "preference": preference,
         "run": str(store.root),
         "stages": stages,
         "rejects": reasons,
@@ -195,6 +205,10 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
             f"(~{qd['answer_tokens_saved']} answer tokens saved)"
         )
     parts.extend(privacy_line(stage, p) for stage, p in summary.get("privacy", []))
+    if summary.get("preference"):
+        from datapipe.report.preference import preference_lines
+
+        parts.extend(preference_lines(summary["preference"]))
     if wall_seconds is not None:
         parts.append(f"wall time: {wall_seconds:.1f} s")
     return Group(*parts)

@@ -138,6 +138,7 @@ class RunData:
     dropped_by_filter: list[SampleStats] = field(default_factory=list)
     pairs: list[PreferencePair] = field(default_factory=list)
     rejects: list[RejectStats] = field(default_factory=list)
+    pair_reject_verdicts: list[list[dict[str, Any]]] = field(default_factory=list)  # pairwise verdicts, preference
     examples: Picker = field(default_factory=Picker)  # groups "kept:<kind>", "reject:<stage>:<reason code>"
     problems: list[str] = field(default_factory=list)
 
@@ -168,6 +169,8 @@ def _payload_sample(payload: str) -> Sample | None:
 
 def collect(store: RunStore) -> RunData:
     """Read the manifests, records and rejects of every stage that has run."""
+    from datapipe.report.preference import reject_verdicts
+
     data = RunData(root=store.root)
     for stage in STAGES:
         m = store.read_manifest(stage)
@@ -191,6 +194,8 @@ def collect(store: RunStore) -> RunData:
         try:
             for r in store.iter_rejects(stage):
                 data.rejects.append(RejectStats(stage, r.record_id, r.reason, r.source_path))
+                if stage == "preference" and (verdicts := reject_verdicts(r)):
+                    data.pair_reject_verdicts.append(verdicts)
                 data.examples.offer(
                     f"reject:{stage}:{reason_code(r.reason)}",
                     r.record_id,
@@ -482,14 +487,41 @@ def section_scores(data: RunData, facts: dict[str, Any]) -> Section:
             f'<p class="note">{len(margins):,} preference pairs; margin min {margins[0]:.1f}, '
             f"median {margins[len(margins) // 2]:.1f}, max {margins[-1]:.1f}</p>"
         )
+        body.append(_preference_signal(data, facts))
     elif "preference" in data.manifests:
         body.append(_nodata("the preference stage made no pairs"))
+        body.append(_preference_signal(data, facts))  # what the pairwise check saw, pairs or not
     return Section(
         "scores",
         "Judge scores",
         "Scores the filter stage gave samples (kept and rejected), and the rubric judge's scores of preference pairs.",
         body,
     )
+
+
+def _preference_signal(data: RunData, facts: dict[str, Any]) -> str:
+    """Margin distribution, position-consistency rate and longer-wins rate of the preference pairs."""
+    from datapipe.report.preference import pct, preference_stats
+
+    stats = preference_stats(data.pairs, data.pair_reject_verdicts)
+    facts["preference_signal"] = stats
+    rows = [
+        ("judged pairs", str(stats["pairs"])),
+        ("hard negatives (synthetic)", str(stats["hard_negatives"])),
+        ("margin distribution", ", ".join(f"{m}: {n}" for m, n in stats["margins"].items()) or "none"),
+        (
+            "position consistency (A/B = B/A)",
+            f"{stats['position_consistent']}/{stats['pairwise_checked']} ({pct(stats['position_consistency_rate'])})",
+        ),
+        (
+            "longer answer chosen",
+            f"{stats['longer_won']}/{stats['length_differs']} ({pct(stats['longer_wins_rate'])})",
+        ),
+        ("chosen from", ", ".join(f"{k} {n}" for k, n in sorted(stats["chosen_by_source"].items()))),
+        ("rejected from", ", ".join(f"{k} {n}" for k, n in sorted(stats["rejected_by_source"].items()))),
+    ]
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f'<h3>Preference signal</h3><table class="preference-signal">{cells}</table>'
 
 
 def section_duplicates(data: RunData, facts: dict[str, Any]) -> Section:

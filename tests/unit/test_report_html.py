@@ -218,6 +218,10 @@ def test_report_figures_match_the_run(made_run: RunStore) -> None:
     assert facts["scores"]["judge_faithfulness"] == {"kept": 2, "rejected": 1}
     assert facts["scores"]["grounding_similarity"] == {"kept": 1, "rejected": 0}
     assert facts["scores"]["preference"] == {"pairs": 1}
+    signal = facts["preference_signal"]  # "good" is one character longer than "bad"; no pairwise verdicts
+    assert signal["margin_buckets"] == {"<1": 0, "1": 0, "2": 0, "3": 1, "4": 0}
+    assert (signal["longer_won"], signal["length_differs"], signal["pairwise_checked"]) == (1, 1, 0)
+    assert signal["chosen_by_source"] == {"original": 1} and signal["rejected_by_source"] == {"teacher": 1}
     assert facts["coverage_sources"]["/data/docs/a.md"] == {"chunks": 2, "generated": 5, "kept": 2}
     assert facts["coverage_sources"]["/data/docs/sub/b.md"] == {"chunks": 1, "generated": 1, "kept": 0}
     assert facts["coverage_leaves"] == {"knowledge/science/birds": {"generated": 1, "kept": 1}}
