@@ -222,6 +222,32 @@ class MultiTurnConfig(_Strict):
     followup_prompt: str = "instruction_followup"
 
 
+class DistilabelStepConfig(_Strict):
+    """One distilabel Task used on its own: its ``format_input`` renders the request, datapipe's Teacher sends
+    it, its ``format_output`` parses the reply (see datapipe/generate/distilabel_task.py)."""
+
+    task: str = Field(description="import path of a distilabel Task class, e.g. distilabel.steps.tasks.SelfInstruct")
+    init: dict[str, Any] = Field({}, description="the Task's init arguments (template, columns, aspect, ...)")
+    inputs: dict[str, str | list[str]] = Field(
+        {},
+        description="Task input column -> row field (a list of fields gives the column a list); unmapped "
+        "columns are read from the row field of the same name",
+    )
+    outputs: dict[str, str] = Field(
+        {}, description="Task output column -> row field; a list value makes one row per item"
+    )
+    params: GenerationParams = GenerationParams(max_new_tokens=256, temperature=0.7)
+
+
+class DistilabelKindConfig(_Strict):
+    """A generation kind made of distilabel Tasks run in turn over each chunk. A row starts with the chunk's
+    fields (text, context, heading, title, source_name, language); each step adds its mapped outputs; rows
+    that end with ``instruction`` and ``response`` become samples of kind ``instruction``."""
+
+    steps: list[DistilabelStepConfig] = Field(min_length=1)
+    max_rows_per_chunk: int = Field(3, ge=1, description="cap on the rows a list output fans out to, per chunk")
+
+
 class GenerateConfig(_Strict):
     kinds: list[Literal["instruction", "qa"]] = ["instruction"]
     formats: dict[Literal["instruction", "qa"], list[TrainingFormat]] = Field(
@@ -256,6 +282,9 @@ class GenerateConfig(_Strict):
     answer_params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.3)
     qa: QAConfig = QAConfig()
     preference: PreferenceConfig = PreferenceConfig()
+    distilabel: dict[str, DistilabelKindConfig] = Field(
+        {}, description="generation kinds made of distilabel Tasks, by name; each runs over the selected chunks"
+    )
 
     @model_validator(mode="after")
     def _formats(self) -> GenerateConfig:
@@ -279,6 +308,20 @@ class TaxonomyConfig(_Strict):
     leaves: list[str] | None = Field(None, description="only leaves whose taxonomy path starts with one of these")
 
 
+class DistilabelJudgeConfig(_Strict):
+    """A distilabel scoring Task (UltraFeedback, QualityScorer, ...) as the filter's judge: one request per
+    sample through the Teacher; the ``score`` output (its first item when a list) must reach ``min_score``."""
+
+    task: str = Field(description="import path of a distilabel Task class, e.g. distilabel.steps.tasks.UltraFeedback")
+    init: dict[str, Any] = {}
+    inputs: dict[str, str | list[str]] = Field(
+        {}, description="Task input column -> sample field (instruction, response, context); a list gives a list"
+    )
+    score: str = Field(description="the Task output column holding the score")
+    min_score: float = Field(description="samples scoring below are rejected (low_score)")
+    params: GenerationParams = GenerationParams(max_new_tokens=256, temperature=0.0)
+
+
 class JudgeConfig(_Strict):
     """LLM judge: faithfulness to the context and question/instruction quality, each 1-5, for every kind.
 
@@ -296,6 +339,9 @@ class JudgeConfig(_Strict):
     min_faithfulness: float = Field(3.0, ge=1, le=5)
     min_quality: float = Field(3.0, ge=1, le=5)
     params: GenerationParams = GenerationParams(max_new_tokens=24, temperature=0.0)
+    distilabel: DistilabelJudgeConfig | None = Field(
+        None, description="judge with a distilabel scoring Task instead of the rubric prompts"
+    )
 
 
 class NearDedupConfig(_Strict):

@@ -456,6 +456,7 @@ def run_generate(
 
                 jobs.append((key, [leaf.taxonomy_path], 1, skill_job))
 
+    jobs += distilabel_jobs(cfg, teacher, plain, hashes, progress)
     rec = StageRecorder(store, "generate", content_id(hashes, length=16))
     if part is not None:
         jobs = [j for j in jobs if in_part(j[0], part) and not store.has_shard("generate", j[0])]
@@ -505,6 +506,47 @@ def run_generate(
         rec.extra["privacy"] = privacy.summary()
     progress.done("generate")
     return rec.finish()
+
+
+def distilabel_jobs(
+    cfg: PipelineConfig, teacher: Any, plain: list[tuple[str, list[Chunk]]], hashes: list[str], progress: Progress
+) -> list[tuple[str, list[str], int, Any]]:
+    """Jobs of the distilabel generation kinds (``generate.distilabel``): one per chunk shard and kind, over
+    the chunks ``generate.max_chunks`` selects. Appends each kind's config hash to ``hashes``."""
+    from datapipe.generate.distilabel_task import DistilabelKind
+
+    gen_cfg = cfg.generate
+    jobs: list[tuple[str, list[str], int, Any]] = []
+    selected = select_chunks(plain, gen_cfg.max_chunks) if gen_cfg.distilabel else set()
+    for name, kcfg in sorted(gen_cfg.distilabel.items()):
+        kind = DistilabelKind(name, kcfg, teacher)
+        khash = kind.config_hash()
+        hashes.append(khash)
+        for in_key, chunks in plain:
+            chosen = [c for c in chunks if c.id in selected]
+            key = content_id(in_key, khash, sorted(c.id for c in chosen))
+
+            async def job(
+                kind: Any = kind, chunks: list[Chunk] = chunks, chosen: list[Chunk] = chosen
+            ) -> tuple[list[Sample], list[Reject]]:
+                samples: list[Sample] = []
+                rejects: list[Reject] = []
+                if "instruction" not in gen_cfg.kinds:  # else the instruction kind already names them
+                    rejects += [
+                        Reject(stage="generate", record_id=c.id, reason="over_max_chunks", source_path=c.source_path,
+                               detail=f"generate.max_chunks={gen_cfg.max_chunks} chunks were sent to the teacher")
+                        for c in chunks
+                        if c.id not in selected
+                    ]  # fmt: skip
+                progress.advance("generate", len(chunks) - len(chosen))
+                for s_, r_ in await asyncio.gather(*(kind.for_chunk(c) for c in chosen)):
+                    samples.extend(s_)
+                    rejects.extend(r_)
+                progress.advance("generate", len(chosen))
+                return samples, rejects
+
+            jobs.append((key, [in_key], len(chunks), job))
+    return jobs
 
 
 def instruction_generator(cfg: PipelineConfig, teacher: Any) -> Any:
@@ -587,6 +629,10 @@ def _build_judge(cfg: PipelineConfig, samples: list[Sample]) -> Any:
     kinds = sorted({s.kind for s in samples if s.kind in judge_cfg.kinds})
     if not judge_cfg.enabled or not kinds:
         return None
+    if judge_cfg.distilabel is not None:
+        from datapipe.generate.distilabel_task import DistilabelJudge
+
+        return DistilabelJudge(judge_cfg.distilabel, list(judge_cfg.kinds), build_teacher(cfg, judge_cfg.teacher))
     prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
     prompts = {str(k): load_prompt(judge_cfg.prompt or f"{k}_judge", None, prompts_dir) for k in kinds}
     return QAJudge(judge_cfg, build_teacher(cfg, judge_cfg.teacher), prompts)
