@@ -249,7 +249,9 @@ class DistilabelKindConfig(_Strict):
 
 
 class GenerateConfig(_Strict):
-    kinds: list[Literal["instruction", "qa"]] = ["instruction"]
+    kinds: list[str] = Field(
+        ["instruction"], description="generation kinds to run: instruction, qa, or a kind a plugin registers"
+    )
     formats: dict[Literal["instruction", "qa"], list[TrainingFormat]] = Field(
         {"instruction": ["closed_book"], "qa": ["closed_book"]},
         description="training formats per kind; with several, a chunk's questions are dealt to them in turn "
@@ -285,6 +287,19 @@ class GenerateConfig(_Strict):
     distilabel: dict[str, DistilabelKindConfig] = Field(
         {}, description="generation kinds made of distilabel Tasks, by name; each runs over the selected chunks"
     )
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        from datapipe.generate.kinds import kind_names
+
+        unknown = [k for k in kinds if k not in kind_names()]
+        if unknown:
+            raise ValueError(
+                f"unknown generation kind(s) {unknown}; known: {', '.join(kind_names())} "
+                "(a plugin's kind needs its module under plugins:)"
+            )
+        return kinds
 
     @model_validator(mode="after")
     def _formats(self) -> GenerateConfig:
@@ -429,6 +444,11 @@ class FilterConfig(_Strict):
         [], description="extra regexes on top of the built-in en/de/fr refusal and non-answer phrases"
     )
     dedup_exact: bool = True
+    checks: dict[str, dict[str, Any]] = Field(
+        {},
+        description="per-sample checks a plugin registers (datapipe.filter.per_sample_check), by name -> their "
+        "options; they run after the built-in ones, in this order",
+    )
     near_dedup: NearDedupConfig = NearDedupConfig()
     semantic_dedup: SemanticDedupConfig = SemanticDedupConfig()
     grounding: GroundingConfig = GroundingConfig()
@@ -579,6 +599,9 @@ class PrivacyConfig(_Strict):
 
 class PipelineConfig(_Strict):
     run_id: str | None = Field(None, description="default: the config file's stem")
+    plugins: list[str] = Field(
+        [], description="modules imported before the rest is validated: they register generation kinds and checks"
+    )
     store: str = Field(
         "runs",
         description="run store root: a folder (relative paths resolve against the config file) or an fsspec URL "
@@ -610,6 +633,19 @@ class PipelineConfig(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_first(cls, data: Any) -> Any:
+        """Import the plugin modules before the sections that may name what they register are validated."""
+        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
+            from datapipe.plugins import load_plugins
+
+            try:
+                load_plugins([str(m) for m in data["plugins"]])
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
+        return data
 
     @model_validator(mode="before")
     @classmethod
