@@ -250,8 +250,36 @@ class MultiTurnConfig(_Strict):
     followup_prompt: str = "instruction_followup"
 
 
+class DistilabelStepConfig(_Strict):
+    """One distilabel Task used on its own: its ``format_input`` renders the request, datapipe's Teacher sends
+    it, its ``format_output`` parses the reply (see datapipe/generate/distilabel_task.py)."""
+
+    task: str = Field(description="import path of a distilabel Task class, e.g. distilabel.steps.tasks.SelfInstruct")
+    init: dict[str, Any] = Field({}, description="the Task's init arguments (template, columns, aspect, ...)")
+    inputs: dict[str, str | list[str]] = Field(
+        {},
+        description="Task input column -> row field (a list of fields gives the column a list); unmapped "
+        "columns are read from the row field of the same name",
+    )
+    outputs: dict[str, str] = Field(
+        {}, description="Task output column -> row field; a list value makes one row per item"
+    )
+    params: GenerationParams = GenerationParams(max_new_tokens=256, temperature=0.7)
+
+
+class DistilabelKindConfig(_Strict):
+    """A generation kind made of distilabel Tasks run in turn over each chunk. A row starts with the chunk's
+    fields (text, context, heading, title, source_name, language); each step adds its mapped outputs; rows
+    that end with ``instruction`` and ``response`` become samples of kind ``instruction``."""
+
+    steps: list[DistilabelStepConfig] = Field(min_length=1)
+    max_rows_per_chunk: int = Field(3, ge=1, description="cap on the rows a list output fans out to, per chunk")
+
+
 class GenerateConfig(_Strict):
-    kinds: list[Literal["instruction", "qa"]] = ["instruction"]
+    kinds: list[str] = Field(
+        ["instruction"], description="generation kinds to run: instruction, qa, or a kind a plugin registers"
+    )
     formats: dict[Literal["instruction", "qa"], list[TrainingFormat]] = Field(
         {"instruction": ["closed_book"], "qa": ["closed_book"]},
         description="training formats per kind; with several, a chunk's questions are dealt to them in turn "
@@ -284,6 +312,22 @@ class GenerateConfig(_Strict):
     answer_params: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.3)
     qa: QAConfig = QAConfig()
     preference: PreferenceConfig = PreferenceConfig()
+    distilabel: dict[str, DistilabelKindConfig] = Field(
+        {}, description="generation kinds made of distilabel Tasks, by name; each runs over the selected chunks"
+    )
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        from datapipe.generate.kinds import kind_names
+
+        unknown = [k for k in kinds if k not in kind_names()]
+        if unknown:
+            raise ValueError(
+                f"unknown generation kind(s) {unknown}; known: {', '.join(kind_names())} "
+                "(a plugin's kind needs its module under plugins:)"
+            )
+        return kinds
 
     @model_validator(mode="after")
     def _formats(self) -> GenerateConfig:
@@ -307,6 +351,20 @@ class TaxonomyConfig(_Strict):
     leaves: list[str] | None = Field(None, description="only leaves whose taxonomy path starts with one of these")
 
 
+class DistilabelJudgeConfig(_Strict):
+    """A distilabel scoring Task (UltraFeedback, QualityScorer, ...) as the filter's judge: one request per
+    sample through the Teacher; the ``score`` output (its first item when a list) must reach ``min_score``."""
+
+    task: str = Field(description="import path of a distilabel Task class, e.g. distilabel.steps.tasks.UltraFeedback")
+    init: dict[str, Any] = {}
+    inputs: dict[str, str | list[str]] = Field(
+        {}, description="Task input column -> sample field (instruction, response, context); a list gives a list"
+    )
+    score: str = Field(description="the Task output column holding the score")
+    min_score: float = Field(description="samples scoring below are rejected (low_score)")
+    params: GenerationParams = GenerationParams(max_new_tokens=256, temperature=0.0)
+
+
 class JudgeConfig(_Strict):
     """LLM judge: faithfulness to the context and question/instruction quality, each 1-5, for every kind.
 
@@ -324,6 +382,9 @@ class JudgeConfig(_Strict):
     min_faithfulness: float = Field(3.0, ge=1, le=5)
     min_quality: float = Field(3.0, ge=1, le=5)
     params: GenerationParams = GenerationParams(max_new_tokens=24, temperature=0.0)
+    distilabel: DistilabelJudgeConfig | None = Field(
+        None, description="judge with a distilabel scoring Task instead of the rubric prompts"
+    )
 
 
 class NearDedupConfig(_Strict):
@@ -411,6 +472,11 @@ class FilterConfig(_Strict):
         [], description="extra regexes on top of the built-in en/de/fr refusal and non-answer phrases"
     )
     dedup_exact: bool = True
+    checks: dict[str, dict[str, Any]] = Field(
+        {},
+        description="per-sample checks a plugin registers (datapipe.filter.per_sample_check), by name -> their "
+        "options; they run after the built-in ones, in this order",
+    )
     near_dedup: NearDedupConfig = NearDedupConfig()
     semantic_dedup: SemanticDedupConfig = SemanticDedupConfig()
     grounding: GroundingConfig = GroundingConfig()
@@ -561,6 +627,9 @@ class PrivacyConfig(_Strict):
 
 class PipelineConfig(_Strict):
     run_id: str | None = Field(None, description="default: the config file's stem")
+    plugins: list[str] = Field(
+        [], description="modules imported before the rest is validated: they register generation kinds and checks"
+    )
     store: str = Field(
         "runs",
         description="run store root: a folder (relative paths resolve against the config file) or an fsspec URL "
@@ -592,6 +661,19 @@ class PipelineConfig(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
 
     base_dir: Path = Field(Path("."), exclude=True, description="folder the config was loaded from")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugins_first(cls, data: Any) -> Any:
+        """Import the plugin modules before the sections that may name what they register are validated."""
+        if isinstance(data, dict) and isinstance(data.get("plugins"), list):
+            from datapipe.plugins import load_plugins
+
+            try:
+                load_plugins([str(m) for m in data["plugins"]])
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
+        return data
 
     @model_validator(mode="before")
     @classmethod

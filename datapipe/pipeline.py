@@ -366,13 +366,14 @@ def run_generate(
     stats_elsewhere: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Generate samples per chunk shard (instruction) and per taxonomy leaf (qa). ``part``/``done_elsewhere``:
-    see :func:`run_extract`; a part also returns its teacher statistics, which the driver adds up."""
-    from datapipe.generate.prompts import load_prompt
-    from datapipe.generate.qa import QAGenerator
+    see :func:`run_extract`; a part also returns its teacher statistics, which the driver adds up. The kinds
+    come from the registry (:mod:`datapipe.generate.kinds`); each plans its jobs, this loop runs them."""
+    from datapipe.generate.kinds import GenerateContext, kind_names, plan_of
+    from datapipe.plugins import load_plugins
 
+    load_plugins(cfg.plugins)
     progress = progress or NullProgress()
     store = store_for(cfg)
-    prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
     gen_cfg = cfg.generate
     teacher = teacher or build_teacher(cfg)
     all_shards = [(k, store.read_shard("chunk", k, Chunk)) for k in store.current_keys("chunk")]
@@ -383,79 +384,14 @@ def run_generate(
         all_shards = protect_chunks(privacy, all_shards)
     # plain sources feed instruction data; documents of taxonomy leaves feed their leaf's QA data
     plain = [(k, cs) for k, cs in all_shards if not cs or cs[0].taxonomy_path is None]
+    ctx = GenerateContext(cfg, teacher, progress, all_shards, plain)
     jobs: list[tuple[str, list[str], int, Any]] = []  # (shard key, inputs, records in, coroutine factory)
-
     hashes = []
-    if "instruction" in gen_cfg.kinds:
-        instr = instruction_generator(cfg, teacher)
-        ihash = instr.config_hash()
-        hashes.append(ihash)
-        selected = select_chunks(plain, gen_cfg.max_chunks)
-        distractors = pick_distractors(plain, selected, gen_cfg) if instr.context_prompt else {}
-        for in_key, chunks in plain:
-            chosen = [c for c in chunks if c.id in selected]
-            key = instruction_shard_key(in_key, ihash, chosen, distractors)
-
-            async def instruction_job(
-                chunks: list[Chunk] = chunks, chosen: list[Chunk] = chosen
-            ) -> tuple[list[Sample], list[Reject]]:
-                samples: list[Sample] = []
-                rejects = [
-                    Reject(
-                        stage="generate",
-                        record_id=c.id,
-                        reason="over_max_chunks",
-                        source_path=c.source_path,
-                        detail=f"generate.max_chunks={gen_cfg.max_chunks} chunks were sent to the teacher",
-                    )
-                    for c in chunks
-                    if c.id not in selected
-                ]
-                progress.advance("generate", len(chunks) - len(chosen))
-
-                async def per_chunk(c: Chunk) -> tuple[list[Sample], list[Reject]]:
-                    out = await instr.for_chunk(c, chunks, distractors.get(c.id, []))
-                    progress.advance("generate")
-                    return out
-
-                for s_, r_ in await asyncio.gather(*(per_chunk(c) for c in chosen)):
-                    samples.extend(s_)
-                    rejects.extend(r_)
-                return samples, rejects
-
-            jobs.append((key, [in_key], len(chunks), instruction_job))
-
-    if "qa" in gen_cfg.kinds:
-        kp = load_prompt(gen_cfg.qa.knowledge_prompt, gen_cfg.prompt_version, prompts_dir)
-        sp = load_prompt(gen_cfg.qa.skill_prompt, gen_cfg.prompt_version, prompts_dir)
-        qa = QAGenerator(gen_cfg.qa, teacher, kp, sp)
-        qhash = qa.config_hash()
-        hashes.append(qhash)
-        for leaf in load_leaves(cfg):
-            leaf_digest = hashlib.sha256(leaf.path.read_bytes()).hexdigest()
-            if leaf.is_knowledge:
-                mine = [(k, cs) for k, cs in all_shards if cs and cs[0].taxonomy_path == leaf.taxonomy_path]
-                chunks = [c for _, cs in mine for c in cs]
-                key = content_id("qa", leaf.taxonomy_path, leaf_digest, [k for k, _ in mine], qhash)
-
-                async def knowledge_job(
-                    leaf: Any = leaf, chunks: list[Chunk] = chunks
-                ) -> tuple[list[Sample], list[Reject]]:
-                    out = await qa.for_knowledge(leaf, chunks)
-                    progress.advance("generate", len(chunks))
-                    return out
-
-                jobs.append((key, [leaf.taxonomy_path] + [k for k, _ in mine], len(chunks), knowledge_job))
-            else:
-                key = content_id("qa", leaf.taxonomy_path, leaf_digest, qhash)
-
-                async def skill_job(leaf: Any = leaf) -> tuple[list[Sample], list[Reject]]:
-                    out = await qa.for_skill(leaf)
-                    progress.advance("generate")
-                    return out
-
-                jobs.append((key, [leaf.taxonomy_path], 1, skill_job))
-
+    for name in (k for k in kind_names() if k in gen_cfg.kinds):  # registry order: the manifest hash is stable
+        khash, kjobs = plan_of(name)(ctx)
+        hashes.append(khash)
+        jobs += kjobs
+    jobs += distilabel_jobs(cfg, teacher, plain, hashes, progress)
     rec = StageRecorder(store, "generate", content_id(hashes, length=16))
     if part is not None:
         jobs = [j for j in jobs if in_part(j[0], part) and not store.has_shard("generate", j[0])]
@@ -505,6 +441,131 @@ def run_generate(
         rec.extra["privacy"] = privacy.summary()
     progress.done("generate")
     return rec.finish()
+
+
+def plan_instruction(ctx: Any) -> tuple[str, list[tuple[str, list[str], int, Any]]]:
+    """The ``instruction`` kind: one job per chunk shard of plain sources, over the chunks ``max_chunks`` selects."""
+    cfg, teacher, progress, plain = ctx.cfg, ctx.teacher, ctx.progress, ctx.plain
+    gen_cfg = cfg.generate
+    jobs: list[tuple[str, list[str], int, Any]] = []
+    instr = instruction_generator(cfg, teacher)
+    ihash = instr.config_hash()
+    selected = select_chunks(plain, gen_cfg.max_chunks)
+    distractors = pick_distractors(plain, selected, gen_cfg) if instr.context_prompt else {}
+    for in_key, chunks in plain:
+        chosen = [c for c in chunks if c.id in selected]
+        key = instruction_shard_key(in_key, ihash, chosen, distractors)
+
+        async def instruction_job(
+            chunks: list[Chunk] = chunks, chosen: list[Chunk] = chosen
+        ) -> tuple[list[Sample], list[Reject]]:
+            samples: list[Sample] = []
+            rejects = [
+                Reject(
+                    stage="generate",
+                    record_id=c.id,
+                    reason="over_max_chunks",
+                    source_path=c.source_path,
+                    detail=f"generate.max_chunks={gen_cfg.max_chunks} chunks were sent to the teacher",
+                )
+                for c in chunks
+                if c.id not in selected
+            ]
+            progress.advance("generate", len(chunks) - len(chosen))
+
+            async def per_chunk(c: Chunk) -> tuple[list[Sample], list[Reject]]:
+                out = await instr.for_chunk(c, chunks, distractors.get(c.id, []))
+                progress.advance("generate")
+                return out
+
+            for s_, r_ in await asyncio.gather(*(per_chunk(c) for c in chosen)):
+                samples.extend(s_)
+                rejects.extend(r_)
+            return samples, rejects
+
+        jobs.append((key, [in_key], len(chunks), instruction_job))
+    return ihash, jobs
+
+
+def plan_qa(ctx: Any) -> tuple[str, list[tuple[str, list[str], int, Any]]]:
+    """The ``qa`` kind: one job per taxonomy leaf (knowledge leaves over their documents' chunks)."""
+    from datapipe.generate.prompts import load_prompt
+    from datapipe.generate.qa import QAGenerator
+
+    cfg, teacher, progress, all_shards = ctx.cfg, ctx.teacher, ctx.progress, ctx.all_shards
+    gen_cfg = cfg.generate
+    prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
+    jobs: list[tuple[str, list[str], int, Any]] = []
+    kp = load_prompt(gen_cfg.qa.knowledge_prompt, gen_cfg.prompt_version, prompts_dir)
+    sp = load_prompt(gen_cfg.qa.skill_prompt, gen_cfg.prompt_version, prompts_dir)
+    qa = QAGenerator(gen_cfg.qa, teacher, kp, sp)
+    qhash = qa.config_hash()
+    for leaf in load_leaves(cfg):
+        leaf_digest = hashlib.sha256(leaf.path.read_bytes()).hexdigest()
+        if leaf.is_knowledge:
+            mine = [(k, cs) for k, cs in all_shards if cs and cs[0].taxonomy_path == leaf.taxonomy_path]
+            chunks = [c for _, cs in mine for c in cs]
+            key = content_id("qa", leaf.taxonomy_path, leaf_digest, [k for k, _ in mine], qhash)
+
+            async def knowledge_job(
+                leaf: Any = leaf, chunks: list[Chunk] = chunks
+            ) -> tuple[list[Sample], list[Reject]]:
+                out = await qa.for_knowledge(leaf, chunks)
+                progress.advance("generate", len(chunks))
+                return out
+
+            jobs.append((key, [leaf.taxonomy_path] + [k for k, _ in mine], len(chunks), knowledge_job))
+        else:
+            key = content_id("qa", leaf.taxonomy_path, leaf_digest, qhash)
+
+            async def skill_job(leaf: Any = leaf) -> tuple[list[Sample], list[Reject]]:
+                out = await qa.for_skill(leaf)
+                progress.advance("generate")
+                return out
+
+            jobs.append((key, [leaf.taxonomy_path], 1, skill_job))
+    return qhash, jobs
+
+
+def distilabel_jobs(
+    cfg: PipelineConfig, teacher: Any, plain: list[tuple[str, list[Chunk]]], hashes: list[str], progress: Progress
+) -> list[tuple[str, list[str], int, Any]]:
+    """Jobs of the distilabel generation kinds (``generate.distilabel``): one per chunk shard and kind, over
+    the chunks ``generate.max_chunks`` selects. Appends each kind's config hash to ``hashes``."""
+    from datapipe.generate.distilabel_task import DistilabelKind
+
+    gen_cfg = cfg.generate
+    jobs: list[tuple[str, list[str], int, Any]] = []
+    selected = select_chunks(plain, gen_cfg.max_chunks) if gen_cfg.distilabel else set()
+    for name, kcfg in sorted(gen_cfg.distilabel.items()):
+        kind = DistilabelKind(name, kcfg, teacher)
+        khash = kind.config_hash()
+        hashes.append(khash)
+        for in_key, chunks in plain:
+            chosen = [c for c in chunks if c.id in selected]
+            key = content_id(in_key, khash, sorted(c.id for c in chosen))
+
+            async def job(
+                kind: Any = kind, chunks: list[Chunk] = chunks, chosen: list[Chunk] = chosen
+            ) -> tuple[list[Sample], list[Reject]]:
+                samples: list[Sample] = []
+                rejects: list[Reject] = []
+                if "instruction" not in gen_cfg.kinds:  # else the instruction kind already names them
+                    rejects += [
+                        Reject(stage="generate", record_id=c.id, reason="over_max_chunks", source_path=c.source_path,
+                               detail=f"generate.max_chunks={gen_cfg.max_chunks} chunks were sent to the teacher")
+                        for c in chunks
+                        if c.id not in selected
+                    ]  # fmt: skip
+                progress.advance("generate", len(chunks) - len(chosen))
+                for s_, r_ in await asyncio.gather(*(kind.for_chunk(c) for c in chosen)):
+                    samples.extend(s_)
+                    rejects.extend(r_)
+                progress.advance("generate", len(chosen))
+                return samples, rejects
+
+            jobs.append((key, [in_key], len(chunks), job))
+    return jobs
 
 
 def instruction_generator(cfg: PipelineConfig, teacher: Any) -> Any:
@@ -587,6 +648,10 @@ def _build_judge(cfg: PipelineConfig, samples: list[Sample]) -> Any:
     kinds = sorted({s.kind for s in samples if s.kind in judge_cfg.kinds})
     if not judge_cfg.enabled or not kinds:
         return None
+    if judge_cfg.distilabel is not None:
+        from datapipe.generate.distilabel_task import DistilabelJudge
+
+        return DistilabelJudge(judge_cfg.distilabel, list(judge_cfg.kinds), build_teacher(cfg, judge_cfg.teacher))
     prompts_dir = cfg.resolve(cfg.prompts_dir) if cfg.prompts_dir else None
     prompts = {str(k): load_prompt(judge_cfg.prompt or f"{k}_judge", None, prompts_dir) for k in kinds}
     return QAJudge(judge_cfg, build_teacher(cfg, judge_cfg.teacher), prompts)
@@ -620,8 +685,10 @@ def _token_counter(cfg: PipelineConfig, model: Any = None) -> Any:
 def _heuristics_slice(job: tuple[PipelineConfig, list[Sample]]) -> list[Sample | Reject]:
     """A task of the distributed filter: the per-sample heuristics over one slice (exact dedup is global)."""
     from datapipe.filter import filter_samples
+    from datapipe.plugins import load_plugins
 
     cfg, samples = job
+    load_plugins(cfg.plugins)  # a Ray worker unpickles the config without validating (importing) it
     return list(filter_samples(samples, cfg.filter.model_copy(update={"dedup_exact": False}), _token_counter(cfg)))
 
 

@@ -54,6 +54,12 @@ CATALOGUE: dict[str, Reason] = {
         ),
         Reason("parse_error", ("generate",), "the teacher's text does not have the shape the task asks for", False),
         Reason("judge_parse_error", ("filter", "preference"), "the judge's reply has no usable score", False),
+        Reason(
+            "low_score",
+            ("filter",),
+            "a distilabel judge Task scored the sample below filter.judge.distilabel.min_score",
+            False,
+        ),  # fmt: skip
         Reason("over_max_chunks", ("generate",), "generate.max_chunks chunks were already sent to the teacher", False),
         Reason(
             "position_inconsistent",

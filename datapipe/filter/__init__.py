@@ -15,12 +15,40 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from datapipe.config import FilterConfig
+from datapipe.errors import ConfigError
 from datapipe.records import Reject, Sample
 
 Verdict = tuple[str, str] | None
 SampleFilter = Callable[[Sample], Verdict]
+PerSampleCheck = Callable[[Sample, dict[str, Any]], Verdict]
+
+_CHECKS: dict[str, PerSampleCheck] = {}
+
+
+def per_sample_check(name: str) -> Callable[[PerSampleCheck], PerSampleCheck]:
+    """Register ``check(sample, options) -> None | (reason, detail)`` as the per-sample check ``name``; it runs
+    when ``filter.checks`` names it (with its options), after the built-in checks, in one process and in Ray
+    slices alike. See README "Adding a filter"."""
+
+    def deco(check: PerSampleCheck) -> PerSampleCheck:
+        _CHECKS[name] = check
+        return check
+
+    return deco
+
+
+def registered_checks(cfg: FilterConfig) -> list[tuple[str, SampleFilter]]:
+    """The plugin checks ``filter.checks`` names, bound to their options, in the config's order."""
+    unknown = [n for n in cfg.checks if n not in _CHECKS]
+    if unknown:
+        raise ConfigError(
+            f"filter.checks: no check registered as {unknown}; registered: {sorted(_CHECKS) or 'none'} "
+            "(name the module that registers it under plugins:)"
+        )
+    return [(n, functools.partial(_CHECKS[n], options=opts)) for n, opts in cfg.checks.items()]
 
 
 def normalise(text: str) -> str:
@@ -191,6 +219,7 @@ def build_filters(
         ("numbers", numbers),
         ("entities", entities),
         ("unsupported_words", novel_words),
+        *registered_checks(cfg),
     ]
 
 

@@ -21,12 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from datapipe.fsio import read_table
 from datapipe.records import Chunk, Document, PreferencePair, Sample
 from datapipe.runs import load_target
 from datapipe.store import RunStore
-from tests.conftest import FAST_GENERATE, S3_ENV, TINY_TEACHER_FILTER, LlamaServer, S3Server, free_port, write_config
+from tests.conftest import (
+    FAST_GENERATE,
+    REPO,
+    S3_ENV,
+    TINY_TEACHER_FILTER,
+    LlamaServer,
+    S3Server,
+    free_port,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -36,6 +46,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, **S3_ENV, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    # the workers import the test plugin (tests.plugins.toy) as a user's plugin would be: from their path
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env["TOKENIZERS_PARALLELISM"] = "false"
     tmp = tmp_path_factory.mktemp("ray")
     head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1"]
@@ -184,3 +196,36 @@ def test_one_budget_for_the_whole_cluster(ray_cluster: str) -> None:
             assert state["tokens"] == 800 and state["calls"] == 2 and "budget reached" in (state["stopped"] or "")
     finally:
         ray.shutdown()
+
+
+def test_toy_kind_and_check_under_ray_give_the_local_result(
+    tmp_path: Path, corpus_docs: Path, llama_server: LlamaServer, ray_cluster: str
+) -> None:
+    """The plugin of README "Adding a generation kind" / "Adding a filter": its kind's jobs run as Ray parts
+    and its check in the distributed filter's slices, with the same samples, kept set and rejects as locally."""
+    from flows.pipeline import flow_for, pipeline_flow
+    from tests.integration.test_plugins import check_toy_run, plugin_config
+
+    local = plugin_config(tmp_path / "local", corpus_docs, llama_server)
+    flow_for(str(local))(str(local))
+    on_ray = plugin_config(tmp_path / "ray", corpus_docs, llama_server, runner={"kind": "ray", "address": ray_cluster})
+    # small slices: the per-sample checks run in several Ray tasks; a worker that could not import the plugin
+    # would fail there ("filter.checks: no check registered")
+    data = yaml.safe_load(on_ray.read_text())
+    data["filter"]["near_dedup"] = {"slice_size": 2}
+    on_ray.write_text(yaml.safe_dump(data))
+    out = pipeline_flow(str(on_ray))
+    assert out["workers"].get("generate"), out["workers"]  # the kind's job ran as a Ray part
+    for cfg in (local, on_ray):
+        check_toy_run(load_target(str(cfg)).run_dir)
+
+    def result(cfg: Path) -> tuple[list[Any], list[str], list[tuple[str, str, str]]]:
+        store = RunStore(load_target(str(cfg)).run_dir)
+        return (
+            sorted((s.id, s.response) for s in store.iter_records("generate", Sample)),
+            sorted(s.id for s in store.iter_records("filter", Sample)),
+            sorted((r.stage, r.record_id, r.reason) for st in ("generate", "filter") for r in store.iter_rejects(st)),
+        )
+
+    a, b = result(local), result(on_ray)
+    assert a[0] and a == b

@@ -1,0 +1,68 @@
+"""The registry of generation kinds: the one list of kinds that ``generate.kinds`` may name.
+
+A kind plans its jobs from the run's chunks: ``plan(ctx) -> (config hash, jobs)``, where a job is
+``(shard key, input keys, records in, coroutine factory)`` and the coroutine returns the shard's samples and
+rejects. :func:`datapipe.pipeline.run_generate` runs every planned job through the one shard loop (reuse,
+Ray parts, pending records, manifest); a kind never writes to the store itself. The config hash goes into
+the generate manifest's hash and should change whenever the kind's output would.
+
+Built-in kinds are named here by import path, so that config validation does not import the generators;
+a plugin module registers its own with :func:`register_kind` (see README "Adding a generation kind").
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from datapipe.records import Chunk, Reject, Sample
+
+JobFn = Callable[[], Awaitable[tuple[list[Sample], list[Reject]]]]
+Job = tuple[str, list[str], int, JobFn]
+
+
+@dataclass
+class GenerateContext:
+    """What a kind's plan sees: the config, the run's Teacher, progress, and the chunk shards (``all_shards``:
+    every chunk shard, pseudonymised when privacy is on; ``plain``: those of plain sources, not taxonomy leaves)."""
+
+    cfg: Any
+    teacher: Any
+    progress: Any
+    all_shards: list[tuple[str, list[Chunk]]]
+    plain: list[tuple[str, list[Chunk]]]
+
+
+Plan = Callable[[GenerateContext], tuple[str, list[Job]]]
+
+_BUILTIN: dict[str, str] = {
+    "instruction": "datapipe.pipeline:plan_instruction",
+    "qa": "datapipe.pipeline:plan_qa",
+}
+_REGISTERED: dict[str, Plan] = {}
+
+
+def register_kind(name: str) -> Callable[[Plan], Plan]:
+    """Register ``plan`` as generation kind ``name`` (a decorator)."""
+
+    def deco(plan: Plan) -> Plan:
+        if name in _BUILTIN:
+            raise ValueError(f"generation kind {name!r} is built in")
+        _REGISTERED[name] = plan
+        return plan
+
+    return deco
+
+
+def kind_names() -> list[str]:
+    """Every kind ``generate.kinds`` may name: the built-in ones first, in the order their shards are planned."""
+    return [*_BUILTIN, *_REGISTERED]
+
+
+def plan_of(name: str) -> Plan:
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    module, _, attr = _BUILTIN[name].partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
