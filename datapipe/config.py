@@ -71,6 +71,11 @@ class ChunkConfig(_Strict):
         8, ge=1, description="the percentile is taken over this many gaps on either side (edits stay local)"
     )
     batch_size: int = Field(64, ge=1)
+    backend: Literal["torch", "onnx-int8"] = Field(
+        "torch",
+        description="embedding runtime: torch (the model as shipped) or onnx-int8 (ONNX Runtime, int8 weights, "
+        "exported once into ~/.cache/datapipe; faster on CPU, slightly different similarities, so other chunk ids)",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ChunkConfig:
