@@ -327,6 +327,10 @@ class SemanticDedupConfig(_Strict):
         0.8, gt=0, le=1, description="all-MiniLM-L6-v2: paraphrases ~0.82-0.95, distinct ~0.5-0.65"
     )
     batch_size: int = Field(64, ge=1)
+    ann_min_samples: int = Field(
+        50_000, ge=0, description="from this many samples on, an approximate index (faiss IVF) replaces the exact pairs"
+    )
+    nprobe: int = Field(16, ge=1, description="IVF cells searched per sample (more: closer to exact, slower)")
 
 
 class GroundingConfig(_Strict):
