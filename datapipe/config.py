@@ -648,6 +648,8 @@ class PipelineConfig(_Strict):
         data = {s: self.model_dump(mode="json")[s] for s in sections}
         if isinstance(data.get("extract"), dict):
             data["extract"].pop("workers", None)
+        if isinstance(data.get("chunk"), dict) and data["chunk"].get("backend") == "torch":
+            data["chunk"].pop("backend")  # the default hashes as before the field existed: existing runs reuse shards
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

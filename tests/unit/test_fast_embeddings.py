@@ -115,3 +115,19 @@ def test_index_dedup_equals_brute_force(corpus_docs: Path) -> None:
 def test_below_ann_min_samples_the_exact_path_runs(corpus_docs: Path) -> None:
     emb, _ = _paraphrased(corpus_docs)
     assert semantic_duplicates_of(emb, SemanticDedupConfig()) == exact_semantic_duplicates(emb, 0.8)
+
+
+def test_chunk_stage_key_is_unchanged_for_the_torch_backend() -> None:
+    """The chunk stage's shard key (section_hash) of the default backend is what it was before the field
+    existed, so existing run folders reuse their chunk shards; onnx-int8 gets a key of its own."""
+    import hashlib
+    import json
+
+    from datapipe.config import PipelineConfig
+
+    torch_cfg = PipelineConfig(sources=["docs"])
+    dump = torch_cfg.model_dump(mode="json")["chunk"]
+    dump.pop("backend")
+    before = hashlib.sha256(json.dumps({"chunk": dump}, sort_keys=True).encode()).hexdigest()[:16]
+    assert torch_cfg.section_hash("chunk") == before
+    assert PipelineConfig(sources=["docs"], chunk=ChunkConfig(backend="onnx-int8")).section_hash("chunk") != before
