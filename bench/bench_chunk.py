@@ -1,10 +1,12 @@
-"""Chunking throughput: datapipe's ``SemanticChunker`` vs the embedding model alone.
+"""Chunking throughput: datapipe's ``SemanticChunker`` (quantised backend) vs the PyTorch model alone.
 
 What is measured: sentences per second. The shared test documents
 (``shared/corpus/docs``, or ``examples/docs`` when that folder is missing) are
 extracted once with ``datapipe.extract.extract_file`` (untimed). Then, per document:
 
-* datapipe: ``SemanticChunker(ChunkConfig()).chunk(doc)`` -- sentence splitting,
+* datapipe: ``SemanticChunker(ChunkConfig(backend=B)).chunk(doc)`` (``--backend``, default
+  ``onnx-int8``: all-MiniLM-L6-v2 exported to ONNX with int8 weights, see
+  ``datapipe/chunk/quantised.py``) -- sentence splitting,
   token counting with the model's tokenizer, cutting over-long sentences,
   embedding, similarity breakpoints and building ``Chunk`` records;
 * model alone: the packaged all-MiniLM-L6-v2 sentence-transformers model
@@ -13,6 +15,10 @@ extracted once with ``datapipe.extract.extract_file`` (untimed). Then, per docum
   one ``encode`` call per document as the chunker makes.
 
 Both sides are credited with the same sentence count, ``len(split_sentences(doc))``.
+
+Quality of the quantised backend (untimed, before the rounds): the mean and minimum cosine between its
+embedding of every sentence and PyTorch's, and the documents whose chunks (char spans) are exactly those
+the PyTorch-backed chunker makes, plus the share of identical chunk spans.
 The document list is repeated until one model-alone pass takes a few seconds.
 After an untimed warm-up, several rounds run within a time budget. In each round
 the two sides take turns document by document, and which side goes first flips
@@ -21,8 +27,9 @@ on a 2-core machine slows a pass several-fold; with turns this fine-grained, suc
 slowdowns hit both sides alike. The headline figures are totals over all rounds.
 Best-of-rounds figures and the median of the per-round ratios are printed as well.
 
-Run from the project root:  .venv/bin/python bench/bench_chunk.py [--rounds N] [--budget-s S] [--min-pass-s S]
-Last line:  RESULT bench_chunk ratio=<datapipe/model-alone> ...
+Run from the project root:
+  .venv/bin/python bench/bench_chunk.py [--backend onnx-int8|torch] [--rounds N] [--budget-s S] [--min-pass-s S]
+Last line:  RESULT bench_chunk ratio=<datapipe/model-alone> cos_mean=... same_docs=... ...
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 from loadcheck import load_at_start, report_load  # noqa: E402
 
 
@@ -71,6 +79,7 @@ def main() -> int:
         default=4.0,
         help="repeat the documents until one model-alone pass takes at least this long",
     )
+    ap.add_argument("--backend", choices=["onnx-int8", "torch"], default="onnx-int8", help="datapipe's backend")
     args = ap.parse_args()
 
     from datapipe.chunk import SemanticChunker, default_model_path, load_embedder, split_sentences
@@ -91,14 +100,34 @@ def main() -> int:
             print(f"  skipped {p.name}: {out.reason}")
     print(f"documents: {folder} ({len(docs)} of {len(files)} extracted in {time.perf_counter() - t0:.1f}s, untimed)")
 
-    cfg = ChunkConfig()
-    chunker = SemanticChunker(cfg)
+    cfg = ChunkConfig(backend=args.backend)
+    t0 = time.perf_counter()
+    chunker = SemanticChunker(cfg)  # the first onnx-int8 use exports the model into the cache
+    print(f"datapipe backend {args.backend}: loaded in {time.perf_counter() - t0:.1f}s")
     model = load_embedder(None)
     texts_per_doc = [[d.text[s.start : s.end] for s in split_sentences(d)] for d in docs]
     sents_per_pass = sum(len(t) for t in texts_per_doc)
     print(
         f"model: {default_model_path()}, torch threads: {_torch_threads()}, sentences per document pass: "
         f"{sents_per_pass}"
+    )
+
+    # quality against PyTorch (untimed): embeddings of the same sentences, and the chunks themselves
+    enc = {"batch_size": cfg.batch_size, "normalize_embeddings": True, "convert_to_numpy": True}
+    all_texts = [t for texts in texts_per_doc for t in texts]
+    cos = np.sum(chunker.model.encode(all_texts, **enc) * model.encode(all_texts, **enc), axis=1)
+    reference = SemanticChunker(ChunkConfig())
+    same_docs = same_spans = n_spans = 0
+    for d in docs:
+        mine = [(c.char_start, c.char_end) for c in chunker.chunk(d)]
+        theirs = [(c.char_start, c.char_end) for c in reference.chunk(d)]
+        same_docs += mine == theirs
+        same_spans += len(set(mine) & set(theirs))
+        n_spans += len(theirs)
+    print(
+        f"quality vs PyTorch: cosine mean {cos.mean():.4f}, min {cos.min():.4f} over {len(all_texts)} sentences; "
+        f"same chunks in {same_docs}/{len(docs)} documents ({100 * same_docs / len(docs):.0f}%), "
+        f"{same_spans}/{n_spans} chunk spans identical ({100 * same_spans / max(1, n_spans):.1f}%)"
     )
 
     def run_datapipe(doc: Document) -> int:
@@ -158,7 +187,8 @@ def main() -> int:
     )
     load_end = report_load(load_start, LOAD_WARN)
     print(
-        f"RESULT bench_chunk ratio={dp_mean / m_mean:.2f} datapipe_sent_per_s={dp_mean:.1f} "
+        f"RESULT bench_chunk backend={args.backend} ratio={dp_mean / m_mean:.2f} cos_mean={cos.mean():.4f} "
+        f"same_docs={same_docs}/{len(docs)} same_spans={same_spans}/{n_spans} datapipe_sent_per_s={dp_mean:.1f} "
         f"model_sent_per_s={m_mean:.1f} best_ratio={dp_best / m_best:.2f} median_ratio={median_ratio:.2f} "
         f"sentences={sents} docs={len(docs)}x{reps} rounds={n} load={load_start:.2f}/{load_end:.2f}"
     )

@@ -678,7 +678,7 @@ def _token_counter(cfg: PipelineConfig, model: Any = None) -> Any:
 
     if not _filter_needs_model(cfg):
         return None
-    model = model or load_embedder(cfg.chunk.model)
+    model = model or load_embedder(cfg.chunk.model, cfg.chunk.backend)
     return lambda text: count_tokens(model.tokenizer, [text])[0]
 
 
@@ -709,7 +709,7 @@ def _content_slice(job: tuple[PipelineConfig, list[Sample]]) -> tuple[list[Sampl
         decon_rejects = [r for _, r in checked if r is not None]
         kept = [s for s, r in checked if r is None]
     if fcfg.grounding.enabled and kept:
-        bad = grounding.check_grounding(kept, fcfg.grounding, load_embedder(cfg.chunk.model))
+        bad = grounding.check_grounding(kept, fcfg.grounding, load_embedder(cfg.chunk.model, cfg.chunk.backend))
         ground_rejects = grounding.as_rejects(kept, bad, fcfg.grounding)
         kept = [s for s in kept if s.id not in bad]
     return kept, decon_rejects, ground_rejects
@@ -770,9 +770,9 @@ def apply_filters(
         samples = [s for s in samples if s.id not in {r.record_id for r in leaks}]
     if map_fn is not None:
         kept = _distributed_per_sample_steps(cfg, samples, map_fn, drop)
-        model = load_embedder(cfg.chunk.model) if (kept and fcfg.semantic_dedup.enabled) else None
+        model = load_embedder(cfg.chunk.model, cfg.chunk.backend) if (kept and fcfg.semantic_dedup.enabled) else None
     else:
-        model = load_embedder(cfg.chunk.model) if (samples and _filter_needs_model(cfg)) else None
+        model = load_embedder(cfg.chunk.model, cfg.chunk.backend) if (samples and _filter_needs_model(cfg)) else None
         kept = _single_process_per_sample_steps(cfg, samples, model, drop)
     if fcfg.near_dedup.enabled and kept:
         if fcfg.near_dedup.partitions > 1:

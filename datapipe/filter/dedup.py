@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from datapipe.config import NearDedupConfig, SemanticDedupConfig
+from datapipe.errors import MissingDependencyError
 from datapipe.filter import normalise
 from datapipe.records import Reject, Sample
 
@@ -176,24 +177,92 @@ def semantic_duplicates(
         convert_to_numpy=True,
         show_progress_bar=False,
     )
-    emb = np.asarray(emb, dtype=np.float32)
-    n = len(samples)
+    dupes = semantic_duplicates_of(np.asarray(emb, dtype=np.float32), cfg)
+    return {samples[i].id: (samples[k].id, c) for i, (k, c) in dupes.items()}
+
+
+def semantic_duplicates_of(emb: np.ndarray, cfg: SemanticDedupConfig) -> dict[int, tuple[int, float]]:
+    """index -> (representative index, cosine) over L2-normalised embeddings, first-kept-wins in input order:
+    exact below ``cfg.ann_min_samples`` rows, through an approximate index from there on."""
+    if len(emb) < 2:
+        return {}
+    if len(emb) < cfg.ann_min_samples:
+        return exact_semantic_duplicates(emb, cfg.threshold)
+    return resolve_clusters(len(emb), ann_pairs(emb, cfg.threshold, cfg.nprobe))
+
+
+def exact_semantic_duplicates(emb: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:
+    """Every pair compared (one BLAS call per block of rows): O(n^2), the reference the index is checked against."""
+    n = len(emb)
     kept = np.zeros(n, dtype=bool)
-    dupes: dict[str, tuple[str, float]] = {}
+    dupes: dict[int, tuple[int, float]] = {}
     block = 1024
     for start in range(0, n, block):
         end = min(n, start + block)
-        sims = emb[start:end] @ emb[:end].T  # one BLAS call per block; rows resolved in input order below
+        sims = emb[start:end] @ emb[:end].T  # rows resolved in input order below
         for r in range(end - start):
             i = start + r
             row = sims[r, :i]
-            hits = np.flatnonzero(kept[:i] & (row >= cfg.threshold))
+            hits = np.flatnonzero(kept[:i] & (row >= threshold))
             if hits.size:
                 j = int(hits[np.argmax(row[hits])])
-                dupes[samples[i].id] = (samples[j].id, float(row[j]))
+                dupes[i] = (j, float(row[j]))
             else:
                 kept[i] = True
     return dupes
+
+
+def ann_pairs(emb: np.ndarray, threshold: float, nprobe: int) -> list[tuple[int, int, float]]:
+    """(later index, earlier index, cosine) of the pairs at or over ``threshold`` found through an inverted file:
+    the rows are clustered (faiss spherical k-means, about 2*sqrt(n) cells), each row lives in its nearest cell
+    and is compared with the rows living in its ``nprobe`` nearest cells. A pair is missed only when neither
+    row's cell is among the other's ``nprobe`` nearest. The comparisons run cell by cell as one matrix product
+    (the queries probing a cell against the rows living there), which BLAS does far faster than faiss'
+    per-query IVF scan or range search; cost ~ n * nprobe * n/cells instead of n^2, memory: the embeddings,
+    the probe lists and the pairs over the threshold."""
+    try:
+        import faiss
+    except ImportError:
+        raise MissingDependencyError(
+            "faiss-cpu (semantic dedup of filter.semantic_dedup.ann_min_samples samples or more)",
+            "pip install faiss-cpu, or raise filter.semantic_dedup.ann_min_samples",
+        ) from None
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    n, dim = x.shape
+    cells = max(1, min(int(2 * np.sqrt(n)), n // 39))
+    probes = min(nprobe, cells)
+    kmeans = faiss.Kmeans(dim, cells, niter=10, spherical=True, seed=0, max_points_per_centroid=32, verbose=False)
+    kmeans.train(x)  # faiss samples the training rows with a fixed seed: the same input, the same cells
+    centroids = faiss.IndexFlatIP(dim)
+    centroids.add(kmeans.centroids)
+    _, near = centroids.search(x, probes)  # (n, probes): a row's cells, nearest first; its home is near[:, 0]
+    home_order = np.argsort(near[:, 0], kind="stable")
+    home_bounds = np.searchsorted(near[home_order, 0], np.arange(cells + 1))
+    flat = near.ravel()
+    probe_order = np.argsort(flat, kind="stable")
+    probe_rows = probe_order // probes
+    probe_bounds = np.searchsorted(flat[probe_order], np.arange(cells + 1))
+    later: list[np.ndarray] = []
+    earlier: list[np.ndarray] = []
+    sims: list[np.ndarray] = []
+    for c in range(cells):
+        members = home_order[home_bounds[c] : home_bounds[c + 1]]
+        queries = probe_rows[probe_bounds[c] : probe_bounds[c + 1]]
+        if not len(members) or not len(queries):
+            continue
+        block = x[queries] @ x[members].T
+        q, m = np.nonzero(block >= threshold)
+        qi, mi = queries[q], members[m]
+        keep = qi != mi
+        qi, mi, val = qi[keep], mi[keep], block[q[keep], m[keep]]
+        later.append(np.maximum(qi, mi))
+        earlier.append(np.minimum(qi, mi))
+        sims.append(val)
+    if not later:
+        return []
+    i_all, j_all, s_all = np.concatenate(later), np.concatenate(earlier), np.concatenate(sims)
+    _, first = np.unique(i_all.astype(np.int64) * n + j_all, return_index=True)  # a pair seen from both sides
+    return [(int(i_all[k]), int(j_all[k]), float(s_all[k])) for k in first]
 
 
 def as_rejects(samples: list[Sample], dupes: dict[str, tuple[str, float]], how: str) -> list[Reject]:

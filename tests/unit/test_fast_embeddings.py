@@ -1,0 +1,133 @@
+"""The quantised embedder (chunk.backend onnx-int8) and the approximate semantic dedup, on the real packaged
+all-MiniLM-L6-v2 and real text from the shared corpus."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datapipe.chunk import SemanticChunker, default_model_path, load_embedder
+from datapipe.chunk.quantised import ONNX_FILE, QuantisedEmbedder, export_dir
+from datapipe.config import ChunkConfig, ExtractConfig, SemanticDedupConfig
+from datapipe.extract import SourceFile, extract_file
+from datapipe.filter.dedup import ann_pairs, exact_semantic_duplicates, semantic_duplicates_of
+from datapipe.records import Document, content_id
+
+
+def _sentences(corpus_docs: Path, n: int) -> list[str]:
+    text = re.sub(r"\s+", " ", (corpus_docs / "norwich-city.txt").read_text(encoding="utf-8"))
+    out = [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text) if 40 <= len(s) <= 300]
+    return out[:n]
+
+
+@pytest.fixture(scope="module")
+def quantised(tmp_path_factory: pytest.TempPathFactory) -> QuantisedEmbedder:
+    """Exported into a fresh cache folder (DATAPIPE_CACHE), so the export itself is exercised."""
+    cache = tmp_path_factory.mktemp("datapipe-cache")
+    old = os.environ.get("DATAPIPE_CACHE")
+    os.environ["DATAPIPE_CACHE"] = str(cache)
+    try:
+        yield QuantisedEmbedder(default_model_path())
+    finally:
+        if old is None:
+            os.environ.pop("DATAPIPE_CACHE", None)
+        else:
+            os.environ["DATAPIPE_CACHE"] = old
+
+
+def test_export_is_cached_under_the_model_hash_and_reused(quantised: QuantisedEmbedder) -> None:
+    folder = export_dir(default_model_path())
+    assert Path(quantised.path) == folder
+    assert folder.name.startswith("model-") and folder.name.endswith("-onnx-int8")
+    onnx = folder / ONNX_FILE
+    # int8 MatMul weights, fp32 word embeddings: ~59 MB against ~90 MB for the fp32 export
+    assert onnx.is_file() and onnx.stat().st_size < 64 * 2**20
+    before = onnx.stat().st_mtime_ns
+    again = QuantisedEmbedder(default_model_path())  # a second load finds the export and does not redo it
+    assert onnx.stat().st_mtime_ns == before
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left behind
+    assert again.encode(["one sentence"]).shape == (1, 384)
+
+
+def test_quantised_embeddings_are_close_to_pytorch(quantised: QuantisedEmbedder, corpus_docs: Path) -> None:
+    texts = _sentences(corpus_docs, 120)
+    a = load_embedder(None).encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    b = quantised.encode(texts, batch_size=32, normalize_embeddings=True)
+    cos = np.sum(a * b, axis=1)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert cos.mean() >= 0.985 and cos.min() >= 0.95
+    # rows come back in input order (encode sorts by length inside); dynamic quantisation scales activations per
+    # batch, so another batching moves a row slightly, never to another sentence
+    other = quantised.encode(texts[:7], batch_size=3, normalize_embeddings=True)
+    assert np.sum(other * b[:7], axis=1).min() >= 0.98
+
+
+def test_backend_is_part_of_chunk_ids_but_torch_ids_are_unchanged(
+    quantised: QuantisedEmbedder, corpus_docs: Path
+) -> None:
+    doc = extract_file(SourceFile(corpus_docs / "norwich-city.txt"), ExtractConfig())
+    assert isinstance(doc, Document)
+    torch_chunker = SemanticChunker(ChunkConfig(min_tokens=16, max_tokens=96))
+    # the torch backend hashes the config as it did before the backend field existed
+    legacy = ChunkConfig(min_tokens=16, max_tokens=96).model_dump(mode="json")
+    legacy.pop("backend")
+    assert torch_chunker.config_hash == content_id(legacy, torch_chunker.model_name, length=16)
+    q = SemanticChunker(ChunkConfig(min_tokens=16, max_tokens=96, backend="onnx-int8"))  # the fixture's cache
+    assert q.model.path == quantised.path
+    mine, theirs = q.chunk(doc), torch_chunker.chunk(doc)
+    assert mine and theirs
+    assert mine[-1].char_end == theirs[-1].char_end
+    assert not {c.id for c in mine} & {c.id for c in theirs}  # another backend, other ids: no stale reuse
+
+
+def _paraphrased(corpus_docs: Path) -> tuple[np.ndarray, set[int]]:
+    """Real sentences, and one-word edits of every fifth one appended later (planted near-duplicates)."""
+    base = _sentences(corpus_docs, 400)
+    edits = []
+    for s in base[::5]:
+        words = s.split()
+        words[len(words) // 2] = "indeed"
+        edits.append(" ".join(words))
+    emb = load_embedder(None).encode(base + edits, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    return np.asarray(emb, dtype=np.float32), set(range(len(base), len(base) + len(edits)))
+
+
+def test_index_dedup_equals_brute_force(corpus_docs: Path) -> None:
+    emb, planted = _paraphrased(corpus_docs)
+    cfg = SemanticDedupConfig(ann_min_samples=0, nprobe=2)  # few cells probed: a real approximation
+    exact = exact_semantic_duplicates(emb, cfg.threshold)
+    approx = semantic_duplicates_of(emb, cfg)
+    assert len(planted & set(exact)) >= 0.95 * len(planted)  # the brute force finds the planted edits ...
+    same = [i for i in exact if approx.get(i, (None,))[0] == exact[i][0]]
+    assert len(same) >= 0.99 * len(exact)  # ... and the index the same duplicates, with the same representatives
+    assert set(approx) <= set(exact)  # nothing the brute force would keep
+    # brute force pairs over the threshold found by the index
+    sims = emb @ emb.T
+    truth = {(int(i), int(j)) for i, j in zip(*np.nonzero(np.tril(sims >= cfg.threshold, -1)), strict=True)}
+    found = {(i, j) for i, j, _ in ann_pairs(emb, cfg.threshold, cfg.nprobe)}
+    assert found <= truth and len(found) >= 0.99 * len(truth)
+
+
+def test_below_ann_min_samples_the_exact_path_runs(corpus_docs: Path) -> None:
+    emb, _ = _paraphrased(corpus_docs)
+    assert semantic_duplicates_of(emb, SemanticDedupConfig()) == exact_semantic_duplicates(emb, 0.8)
+
+
+def test_chunk_stage_key_is_unchanged_for_the_torch_backend() -> None:
+    """The chunk stage's shard key (section_hash) of the default backend is what it was before the field
+    existed, so existing run folders reuse their chunk shards; onnx-int8 gets a key of its own."""
+    import hashlib
+    import json
+
+    from datapipe.config import PipelineConfig
+
+    torch_cfg = PipelineConfig(sources=["docs"])
+    dump = torch_cfg.model_dump(mode="json")["chunk"]
+    dump.pop("backend")
+    before = hashlib.sha256(json.dumps({"chunk": dump}, sort_keys=True).encode()).hexdigest()[:16]
+    assert torch_cfg.section_hash("chunk") == before
+    assert PipelineConfig(sources=["docs"], chunk=ChunkConfig(backend="onnx-int8")).section_hash("chunk") != before
