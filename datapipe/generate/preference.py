@@ -395,15 +395,17 @@ class PreferenceGenerator:
         if ours and theirs:
             edit = ("number", ours[pick % len(ours)], theirs[pick % len(theirs)])
         else:
-            names = [
-                n for n in content.name_candidates(chosen, lang) if not content.unsupported_entities(n, support, lang)
-            ]
+            names = _whole_names(
+                [n for n in content.name_candidates(chosen, lang) if not content.unsupported_entities(n, support, lang)]
+            )
             others = sorted(
-                {
-                    n
-                    for n in content.name_candidates(doc[:20000], lang)
-                    if content.unsupported_entities(n, support, lang)
-                }
+                _whole_names(
+                    [
+                        n
+                        for n in content.name_candidates(doc[:20000], lang)
+                        if content.unsupported_entities(n, support, lang)
+                    ]
+                )
             )
             if names and others:
                 name = names[pick % len(names)]
@@ -466,6 +468,13 @@ def judge_orders(verdicts: list[PairwiseVerdict]) -> tuple[str, str] | None:
     if preferred[0] != best:
         return "judges_disagree", f"both orders prefer the candidate the rubric scored lower ({said})"
     return None
+
+
+def _whole_names(names: list[str]) -> list[str]:
+    """The names not contained in a longer one of the list: spaCy's "Ralph Freeman" and the capitalised run
+    "Freeman" are one name, and swapping the part alone would write "Ralph William Armstrong"."""
+    unique = list(dict.fromkeys(names))
+    return [n for n in unique if not any(n != m and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", m) for m in unique)]
 
 
 def preference_documents(store: Any) -> dict[str, str]:
