@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from datapipe.config import JudgeConfig
 from datapipe.errors import TeacherError
@@ -121,15 +121,27 @@ class QAJudge:
 
     def run(self, samples: list[Sample], on_done: Callable[[], None] | None = None) -> list[Sample | Reject]:
         """Judge the samples this judge applies to (concurrently); others pass through. Order is kept."""
+        return run_judge(self.teacher, self.applies_to, self.judge, samples, on_done)
 
-        async def one(s: Sample) -> Sample | Reject:
-            out = await self.judge(s) if self.applies_to(s) else s
-            if on_done:
-                on_done()
-            return out
 
-        async def main() -> list[Sample | Reject]:
-            async with self.teacher.session():
-                return list(await asyncio.gather(*(one(s) for s in samples)))
+def run_judge(
+    teacher: Teacher,
+    applies_to: Callable[[Sample], bool],
+    judge: Callable[[Sample], Awaitable[Sample | Reject]],
+    samples: list[Sample],
+    on_done: Callable[[], None] | None = None,
+) -> list[Sample | Reject]:
+    """``judge`` each sample that ``applies_to`` selects, concurrently in one teacher session; the others
+    pass through. Order is kept; ``on_done`` is called once per sample (progress). Every judge runs this."""
 
-        return asyncio.run(main())
+    async def one(s: Sample) -> Sample | Reject:
+        out = await judge(s) if applies_to(s) else s
+        if on_done:
+            on_done()
+        return out
+
+    async def main() -> list[Sample | Reject]:
+        async with teacher.session():
+            return list(await asyncio.gather(*(one(s) for s in samples)))
+
+    return asyncio.run(main())

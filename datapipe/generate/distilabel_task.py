@@ -310,17 +310,11 @@ class DistilabelJudge:
         sample.verdicts["judge"] = "pass"
         return sample
 
+    def applies_to(self, sample: Sample) -> bool:
+        return sample.kind in self.kinds
+
     def run(self, samples: list[Sample], on_done: Callable[[], None] | None = None) -> list[Sample | Reject]:
         """Judge the samples of the judged kinds (concurrently); others pass through. Order is kept."""
+        from datapipe.filter.judge import run_judge
 
-        async def one(s: Sample) -> Sample | Reject:
-            out = await self.judge(s) if s.kind in self.kinds else s
-            if on_done:
-                on_done()
-            return out
-
-        async def main() -> list[Sample | Reject]:
-            async with self.teacher.session():
-                return list(await asyncio.gather(*(one(s) for s in samples)))
-
-        return asyncio.run(main())
+        return run_judge(self.teacher, self.applies_to, self.judge, samples, on_done)
