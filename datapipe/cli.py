@@ -83,17 +83,17 @@ def _fail(exc: BaseException) -> None:
 
 
 def _summary(target: str, wall: float | None) -> None:
-    from datapipe.pipeline import store_for
     from datapipe.report import collect_summary, render_summary
     from datapipe.runs import load_target
+    from datapipe.store import store_for
 
     console.print(render_summary(collect_summary(store_for(load_target(target))), wall))
 
 
 def _stage(fn: Callable[..., Any], target: str, **kwargs: Any) -> None:
-    from datapipe.pipeline import run_budget_key
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
+    from datapipe.stages.teachers import run_budget_key
     from datapipe.store import run_lock
     from datapipe.teacher.budget import run_budget
 
@@ -146,7 +146,7 @@ def run(
     t0 = time.time()
     try:
         load_target(target)  # fail fast on a bad config, before Prefect starts
-        from datapipe.pipeline import NullProgress
+        from datapipe.stages.runner import NullProgress
         from flows.pipeline import flow_for, set_progress
 
         with RichProgress() as progress:
@@ -181,8 +181,8 @@ def _raise_outcome(target: str, state: Any) -> None:
 
 
 def _print_version(target: str) -> None:
-    from datapipe.pipeline import store_for
     from datapipe.runs import load_target
+    from datapipe.store import store_for
 
     m = store_for(load_target(target)).read_manifest("publish")
     if not m:
@@ -213,18 +213,18 @@ def _dry_run(target: str) -> None:
     from rich.table import Table
 
     from datapipe.estimate import estimate_run
-    from datapipe.pipeline import run_chunk, run_extract, store_for
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
-    from datapipe.store import run_lock
+    from datapipe.stages import runner_of
+    from datapipe.store import run_lock, store_for
     from datapipe.versions import current_sources, diff_sources, latest_version
 
     try:
         cfg = load_target(target)
         with run_lock(cfg.run_dir):
             with RichProgress() as progress:
-                run_extract(cfg, progress)
-                run_chunk(cfg, progress)
+                runner_of("extract")(cfg, progress)
+                runner_of("chunk")(cfg, progress)
             est = estimate_run(cfg)
             store = store_for(cfg)
             latest = latest_version(store)
@@ -316,8 +316,8 @@ def versions(target: Target = "pipeline.yaml") -> None:
     """List the published versions of a run's training data (the latest last)."""
     from rich.table import Table
 
-    from datapipe.pipeline import store_for
     from datapipe.runs import load_target
+    from datapipe.store import store_for
     from datapipe.versions import list_versions, read_version
 
     try:
@@ -344,25 +344,25 @@ def versions(target: Target = "pipeline.yaml") -> None:
 @app.command()
 def extract(target: Target = "pipeline.yaml") -> None:
     """Extract text from the configured sources into <run>/documents/."""
-    from datapipe.pipeline import run_extract
+    from datapipe.stages import runner_of
 
-    _stage(run_extract, target)
+    _stage(runner_of("extract"), target)
 
 
 @app.command()
 def chunk(target: Target = "pipeline.yaml") -> None:
     """Split documents into semantic chunks (<run>/chunks/)."""
-    from datapipe.pipeline import run_chunk
+    from datapipe.stages import runner_of
 
-    _stage(run_chunk, target)
+    _stage(runner_of("chunk"), target)
 
 
 @app.command()
 def generate(target: Target = "pipeline.yaml") -> None:
     """Generate instruction samples from chunks with the teacher (<run>/samples/)."""
-    from datapipe.pipeline import run_generate
+    from datapipe.stages import runner_of
 
-    _stage(run_generate, target)
+    _stage(runner_of("generate"), target)
 
 
 @app.command(name="import")
@@ -378,25 +378,25 @@ def import_(
     """Bring samples made elsewhere into the run (<run>/imported/), so filter, curate and export work on them.
 
     Malformed rows become rejects naming their line; importing the same file again changes nothing."""
-    from datapipe.importer import run_import
+    from datapipe.stages import runner_of
 
-    _stage(run_import, target, path=file, fmt=fmt, context_field=context_field)
+    _stage(runner_of("import"), target, path=file, fmt=fmt, context_field=context_field)
 
 
 @app.command(name="filter")
 def filter_(target: Target = "pipeline.yaml") -> None:
     """Filter samples; drops go to <run>/rejects/ with a reason (<run>/filtered/)."""
-    from datapipe.pipeline import run_filter
+    from datapipe.stages import runner_of
 
-    _stage(run_filter, target)
+    _stage(runner_of("filter"), target)
 
 
 @app.command()
 def preference(target: Target = "pipeline.yaml") -> None:
     """Build DPO preference pairs from the kept samples (<run>/preferences/)."""
-    from datapipe.pipeline import run_preference
+    from datapipe.stages import runner_of
 
-    _stage(run_preference, target)
+    _stage(runner_of("preference"), target)
 
 
 @app.command()
@@ -438,10 +438,10 @@ def export(
 ) -> None:
     """Write the kept samples (dpo: the preference pairs) as parquet per split, with a dataset card and
     trainer snippets (Axolotl, LLaMA-Factory, TRL) beside them."""
-    from datapipe.pipeline import run_export
+    from datapipe.stages import runner_of
 
     _stage(
-        run_export,
+        runner_of("export"),
         target,
         fmt=export_format,
         out=str(out) if out else None,
@@ -453,8 +453,8 @@ def export(
         curated_only=curated_only,
         reidentify=reidentify,
     )
-    from datapipe.pipeline import store_for
     from datapipe.runs import load_target
+    from datapipe.store import store_for
 
     m = store_for(load_target(target)).read_manifest("export")
     if not m:
@@ -504,9 +504,9 @@ def report(
     out: Annotated[Path | None, typer.Option(help="output HTML file (default <run>/report.html)")] = None,
 ) -> None:
     """Write a self-contained HTML report of a run: counts, rejects, lengths, scores, duplicates, coverage, tokens."""
-    from datapipe.pipeline import store_for
     from datapipe.report.html import write_report
     from datapipe.runs import load_target
+    from datapipe.store import store_for
 
     try:
         path = write_report(store_for(load_target(target)), out)

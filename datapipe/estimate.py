@@ -48,8 +48,8 @@ def estimate_run(cfg: PipelineConfig) -> dict[str, Any]:
         load_leaves,
         pick_distractors,
         select_chunks,
-        store_for,
     )
+    from datapipe.store import store_for
 
     store = store_for(cfg)
     gen = cfg.generate

@@ -200,7 +200,7 @@ def run_import(
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise ConfigError(f"{path}: no such file; pass a .jsonl or .parquet file of {fmt} rows")
-    from datapipe.pipeline import store_for
+    from datapipe.store import store_for
 
     store: RunStore = store_for(cfg)
     key = content_id("import", hashlib.sha256(p.read_bytes()).hexdigest(), fmt, context_field, length=24)

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 from upath import UPath
@@ -30,18 +30,13 @@ from upath import UPath
 from datapipe import fsio
 from datapipe.errors import TerminalError
 from datapipe.records import Record, Reject
+from datapipe.stages import STAGES as _STAGE_REGISTRY
 
-STAGE_DIRS = {
-    "extract": "documents",
-    "chunk": "chunks",
-    "generate": "samples",
-    "import": "imported",  # samples made elsewhere (`datapipe import`), filtered beside generated ones
-    "filter": "filtered",
-    "preference": "preferences",
-    "curate": "curated",
-    "export": "exports",
-    "publish": "versions",
-}
+if TYPE_CHECKING:
+    from datapipe.config import PipelineConfig
+
+STAGE_DIRS = {s.name: s.folder for s in _STAGE_REGISTRY.values()}
+"""Stage name -> its folder under the run folder, from the one registry of stages (:mod:`datapipe.stages`)."""
 STAGES = list(STAGE_DIRS)
 
 R = TypeVar("R", bound=Record)
@@ -53,6 +48,11 @@ def _atomic_write_bytes(path: Path | UPath, data: bytes) -> None:
 
 def _atomic_write_table(path: Path | UPath, table: pa.Table) -> None:
     fsio.write_table(path, table, fsync=True)
+
+
+def store_for(cfg: PipelineConfig) -> RunStore:
+    """The run store of a pipeline config (its ``run_dir``)."""
+    return RunStore(cfg.run_dir)
 
 
 class RunStore:

@@ -103,7 +103,7 @@ def current_sources(cfg: PipelineConfig, store: RunStore) -> dict[str, str]:
                     out[r.source_path] = f"rejected:{r.reason}"
     if "qa" in cfg.generate.kinds:
         from datapipe.extract import sha256_file
-        from datapipe.pipeline import load_leaves
+        from datapipe.stages.extract import load_leaves
 
         for leaf in load_leaves(cfg):
             out[str(leaf.path)] = sha256_file(leaf.path)
@@ -224,7 +224,8 @@ def _point_latest(store: RunStore, name: str) -> None:
 def run_publish(cfg: PipelineConfig, formats: list[str], progress: Any = None) -> dict[str, Any]:
     """Publish the run's export as a new version when it differs from the latest one."""
     from datapipe.pending import pending_counts
-    from datapipe.pipeline import run_export, store_for
+    from datapipe.stages import runner_of
+    from datapipe.store import store_for
 
     t0 = time.perf_counter()
     store = store_for(cfg)
@@ -258,7 +259,7 @@ def run_publish(cfg: PipelineConfig, formats: list[str], progress: Any = None) -
     exports: dict[str, Any] = {}
     try:
         for fmt in formats:
-            m = run_export(cfg, fmt, out=str(target / fmt))
+            m = runner_of("export")(cfg, fmt, out=str(target / fmt))
             exports[fmt] = {"path": m["path"], "files": m["files"], "rows": m["counts"]["out"], "splits": m["splits"]}
     finally:  # the export stage's own manifest describes the run's working export, not the version's copy
         if export_manifest is not None:

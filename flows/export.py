@@ -12,8 +12,8 @@ from typing import Any
 
 from prefect import flow, task
 
-from datapipe.pipeline import store_for
 from datapipe.runs import load_target
+from datapipe.store import store_for
 from flows.pipeline import _published, _task_opts, export_formats, export_task, guarded_run, publish_task
 
 

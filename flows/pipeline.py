@@ -1,7 +1,7 @@
 """The pipeline as a Prefect flow: one task per stage, retried only for transient failures.
 
-The stages themselves live in ``datapipe.pipeline`` and know nothing of Prefect. A run holds
-the run folder's lock, draws on one teacher budget, ends by publishing a new version of the
+The stages themselves live in ``datapipe.stages`` (its registry names their runners) and know nothing
+of Prefect. A run holds the run folder's lock, draws on one teacher budget, ends by publishing a new version of the
 training data when it changed (``datapipe.versions``) and records its outcome in
 ``<run>/last_run.json``. Every stage skips the shards it already has, so a scheduled run over
 the same sources is an incremental refresh, and a killed run resumes when started again.
@@ -28,23 +28,25 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from datapipe import pipeline as stages  # noqa: E402
 from datapipe import versions  # noqa: E402
 from datapipe.config import PipelineConfig  # noqa: E402
 from datapipe.errors import MissingDependencyError, PendingError, is_transient  # noqa: E402
 from datapipe.fsio import is_url  # noqa: E402
 from datapipe.pending import check_pending, pending_counts  # noqa: E402
 from datapipe.runs import load_target  # noqa: E402
-from datapipe.store import _atomic_write_bytes, run_lock  # noqa: E402
+from datapipe.stages import STAGES, runner_of  # noqa: E402
+from datapipe.stages.runner import NullProgress, Progress  # noqa: E402
+from datapipe.stages.teachers import run_budget_key  # noqa: E402
+from datapipe.store import _atomic_write_bytes, run_lock, store_for  # noqa: E402
 from datapipe.teacher.budget import BudgetExceeded, ray_run_budget, run_budget  # noqa: E402
 
 LAST_RUN = "last_run.json"
 
-_progress: stages.Progress = stages.NullProgress()
+_progress: Progress = NullProgress()
 _workers: dict[str, set[str]] = {}  # stage -> "host:pid" of the processes that ran its parts (Ray runner)
 
 
-def set_progress(progress: stages.Progress) -> None:
+def set_progress(progress: Progress) -> None:
     """Where stage progress is shown (the CLI passes a rich display); not a task parameter."""
     global _progress
     _progress = progress
@@ -86,12 +88,12 @@ def _stop(record: dict[str, Any], message: str) -> State:
 
 @task(name="extract", **_task_opts)
 def extract_task(target: str, done_elsewhere: dict[str, float] | None = None) -> dict[str, Any]:
-    return stages.run_extract(load_target(target), _progress, done_elsewhere=done_elsewhere)
+    return runner_of("extract")(load_target(target), _progress, done_elsewhere=done_elsewhere)
 
 
 @task(name="chunk", **_task_opts)
 def chunk_task(target: str, done_elsewhere: dict[str, float] | None = None) -> dict[str, Any]:
-    return stages.run_chunk(load_target(target), _progress, done_elsewhere=done_elsewhere)
+    return runner_of("chunk")(load_target(target), _progress, done_elsewhere=done_elsewhere)
 
 
 _earlier_attempts: dict[tuple[str, str], dict[str, Any]] = {}
@@ -129,30 +131,25 @@ def generate_task(
 ) -> dict[str, Any]:
     cfg = load_target(target)
     stats = _with_earlier(target, "generate", stats_elsewhere)
-    result = _budgeted(stages.run_generate, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats)
+    result = _budgeted(runner_of("generate"), cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats)
     return _complete(result, allow_partial, target)
 
 
 @task(name="filter", **_task_opts)
 def filter_task(target: str, distributed: bool = False, allow_partial: bool = False) -> dict[str, Any]:
-    result = _budgeted(stages.run_filter, load_target(target), _progress, map_fn=ray_map if distributed else None)
+    result = _budgeted(runner_of("filter"), load_target(target), _progress, map_fn=ray_map if distributed else None)
     return _complete(result, allow_partial)
-
-
-PART_RUNNERS = {
-    "extract": stages.run_extract,
-    "chunk": stages.run_chunk,
-    "generate": stages.run_generate,
-    "preference": stages.run_preference,
-}
 
 
 @task(name="stage-part", **_task_opts)
 def part_task(target: str, stage: str, i: int, n: int) -> dict[str, Any]:
-    """One share of a stage's shards (a Ray task under the Ray runner); the stage's task then records them."""
+    """One share of a stage's shards (a Ray task under the Ray runner); the stage's task then records them.
+    The stages that run in parts are those the registry marks so (:func:`datapipe.stages.part_stages`)."""
     import socket
 
-    result = _budgeted(PART_RUNNERS[stage], load_target(target), part=(i, n))
+    if not STAGES[stage].parts:
+        raise ValueError(f"stage {stage!r} does not run in parts")
+    result = _budgeted(runner_of(stage), load_target(target), part=(i, n))
     return {**result, "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
@@ -187,7 +184,7 @@ def run_parts(target: str, stage: str, n: int) -> dict[str, Any]:
     if stopped is not None:
         return {STOP: stopped}
     out: dict[str, Any] = {"done_elsewhere": done}
-    if stage in ("generate", "preference"):
+    if STAGES[stage].teacher:  # its parts asked a teacher: the driver adds up their statistics
         out["stats_elsewhere"] = stats
     return out
 
@@ -235,13 +232,13 @@ def preference_task(
 ) -> dict[str, Any]:
     cfg = load_target(target)
     stats = _with_earlier(target, "preference", stats_elsewhere)
-    result = _budgeted(stages.run_preference, cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats)
+    result = _budgeted(runner_of("preference"), cfg, _progress, done_elsewhere=done_elsewhere, stats_elsewhere=stats)
     return _complete(result, allow_partial, target)
 
 
 @task(name="export", **_task_opts)
 def export_task(target: str, export_format: str | None = None) -> dict[str, Any]:
-    return stages.run_export(load_target(target), export_format, progress=_progress)
+    return runner_of("export")(load_target(target), export_format, progress=_progress)
 
 
 @task(name="publish", **_task_opts)
@@ -263,7 +260,7 @@ def write_last_run(cfg: PipelineConfig, record: dict[str, Any]) -> None:
 
 def _budget_scope(cfg: PipelineConfig) -> Any:
     """The run's budget: in this process, or (Ray runner) a Ray actor every worker's teacher draws on."""
-    key = stages.run_budget_key(cfg)
+    key = run_budget_key(cfg)
     if cfg.runner.kind == "ray":
         import ray
 
@@ -282,7 +279,7 @@ def guarded_run(target: str, flow_name: str) -> Iterator[dict[str, Any]]:
         try:
             yield record
         except PendingError as exc:  # not a failure of the run's own: the teacher was down; re-running resumes
-            record.update(status="pending", message=str(exc), pending=pending_counts(stages.store_for(cfg)))
+            record.update(status="pending", message=str(exc), pending=pending_counts(store_for(cfg)))
             raise
         except Exception as exc:
             record.update(status="failed", message=f"{type(exc).__name__}: {exc}")
@@ -328,7 +325,7 @@ def pipeline_flow(
             ("filter", filter_task),
         ):
             opts = {"allow_partial": partial} if name in ("generate", "filter") else {}
-            if n and name == "filter":
+            if n and not STAGES[name].parts:  # the filter: its slices run as Ray tasks inside its own task
                 out[name] = filter_task(target, distributed=True, **opts)
             elif n:
                 parts = run_parts(target, name, n)
@@ -351,7 +348,7 @@ def pipeline_flow(
         out["export"] = export_task(target, export_format)
         out["publish"] = publish_task(target, formats)
         record.update(_published(out["publish"]))
-        if pending := pending_counts(stages.store_for(cfg)):
+        if pending := pending_counts(store_for(cfg)):
             record.update(status="completed_partial", pending=pending)
     return out
 

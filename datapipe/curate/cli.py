@@ -26,9 +26,9 @@ def _fail(exc: BaseException) -> None:
 
 def _with_run(target: str, action: Callable[..., Any]) -> Any:
     """``action(cfg, store, progress)`` on the run, with a progress display; errors exit 2 with their message."""
-    from datapipe.pipeline import store_for
     from datapipe.report import RichProgress
     from datapipe.runs import load_target
+    from datapipe.store import store_for
 
     try:
         cfg = load_target(target)
@@ -69,8 +69,8 @@ def pull(target: Target = "pipeline.yaml") -> None:
 @curate_app.command()
 def status(target: Target = "pipeline.yaml") -> None:
     """Show the last push and the decisions of the last pull."""
-    from datapipe.pipeline import store_for
     from datapipe.runs import load_target
+    from datapipe.store import store_for
 
     try:
         store = store_for(load_target(target))

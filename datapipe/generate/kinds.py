@@ -2,7 +2,7 @@
 
 A kind plans its jobs from the run's chunks: ``plan(ctx) -> (config hash, jobs)``, where a job is
 ``(shard key, input keys, records in, coroutine factory)`` and the coroutine returns the shard's samples and
-rejects. :func:`datapipe.pipeline.run_generate` runs every planned job through the one shard loop (reuse,
+rejects. :func:`datapipe.stages.generate.run_generate` runs every planned job through the one shard loop (reuse,
 Ray parts, pending records, manifest); a kind never writes to the store itself. The config hash goes into
 the generate manifest's hash and should change whenever the kind's output would.
 
@@ -38,8 +38,8 @@ class GenerateContext:
 Plan = Callable[[GenerateContext], tuple[str, list[Job]]]
 
 _BUILTIN: dict[str, str] = {
-    "instruction": "datapipe.pipeline:plan_instruction",
-    "qa": "datapipe.pipeline:plan_qa",
+    "instruction": "datapipe.stages.generate:plan_instruction",
+    "qa": "datapipe.stages.generate:plan_qa",
 }
 _REGISTERED: dict[str, Plan] = {}
 

@@ -29,7 +29,7 @@ class RichProgress:
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         """Sent to another process (a Ray worker pickles the flow with its globals), the display stays
         here: the copy is a NullProgress."""
-        from datapipe.pipeline import NullProgress
+        from datapipe.stages.runner import NullProgress
 
         return (NullProgress, ())
 
