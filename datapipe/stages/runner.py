@@ -147,13 +147,12 @@ class ShardLoop:
     def rejects_before(self, key: str, inputs: list[str], rejects: list[Reject], *, rewrite: bool = False) -> None:
         """A shard of rejects only, for records dropped before any shard is computed (e.g. sources that cannot
         be read, prompts over a cap); written when absent (``rewrite``: always) and recorded. Not in a Ray
-        part: the driver's pass writes it."""
+        part: the driver's pass writes it. Progress is the stage's (some count these records, some do not)."""
         if not rejects or self.part is not None:
             return
         if rewrite or not self.store.has_shard(self.stage, key):
             self.store.write_shard(self.stage, key, self.record_type.to_table([]), rejects)
         self.rec.add(key, inputs, len(rejects), 0, len(rejects), 0.0, False)
-        self.progress.advance(self.stage, len(rejects))
 
     def _begin(self, job: ShardJob) -> tuple[float, int, bool]:
         t0 = time.perf_counter()
