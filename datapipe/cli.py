@@ -245,10 +245,16 @@ def _dry_run(target: str) -> None:
         table.add_column(col, justify="left" if col in ("step", "note") else "right")
     for row in [*est["steps"], est["total"]]:
         calls = str(row["calls"]) if row["exact"] else f"<= {row['calls']}"
-        table.add_row(
-            row["step"], calls, str(row["cached"]), str(row["input_tokens"]), str(row["output_tokens"]), row["note"]
-        )
+        figures = [calls, str(row["cached"]), str(row["input_tokens"]), str(row["output_tokens"])]
+        if row["step"] in est["not_estimated"]:
+            figures = ["?"] * 4  # the kind registers no estimator: unknown, not free
+        table.add_row(row["step"], *figures, row["note"])
     console.print(table)
+    if est["not_estimated"]:
+        console.print(
+            f"not estimated (no estimator registered): {', '.join(est['not_estimated'])}; the total leaves them out",
+            highlight=False,
+        )
     console.print(
         f"generate shards: {sh['to_generate']} to generate, {sh['reused']} already done; "
         f"estimated teacher tokens: {est['tokens']}" + (f", cost {est['cost']:.4f}" if est["cost"] is not None else ""),

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from upath import UPath
 
 from datapipe.errors import ConfigError
+from datapipe.records import DatasetKind, SampleKind
 from datapipe.yamlsafe import alias_problem
 
 
@@ -179,7 +180,7 @@ class PreferenceConfig(_Strict):
     """DPO preference pairs (stage ``preference``): candidates per prompt, judged, best vs worse."""
 
     enabled: bool = False
-    kinds: list[Literal["instruction", "qa"]] = Field(["instruction", "qa"], description="prompts from these samples")
+    kinds: list[SampleKind] = Field(["instruction", "qa"], description="prompts from these samples")
     max_prompts: int | None = Field(None, ge=1, description="cap on prompts (samples) used")
     candidates: list[GenerationParams] = Field(
         [GenerationParams(max_new_tokens=128, temperature=0.2), GenerationParams(max_new_tokens=128, temperature=1.2)],
@@ -285,7 +286,7 @@ class GenerateConfig(_Strict):
     kinds: list[str] = Field(
         ["instruction"], description="generation kinds to run: instruction, qa, or a kind a plugin registers"
     )
-    formats: dict[Literal["instruction", "qa"], list[TrainingFormat]] = Field(
+    formats: dict[SampleKind, list[TrainingFormat]] = Field(
         {"instruction": ["closed_book"], "qa": ["closed_book"]},
         description="training formats per kind; with several, a chunk's questions are dealt to them in turn "
         "(qa: closed_book only)",
@@ -377,9 +378,7 @@ class JudgeConfig(_Strict):
     shares its own blind spots: name another model or server in ``teacher``."""
 
     enabled: bool = Field(False, description="score the kept samples with an LLM (one teacher call per sample)")
-    kinds: list[Literal["instruction", "qa"]] = Field(
-        ["instruction", "qa"], description="sample kinds the judge scores"
-    )
+    kinds: list[SampleKind] = Field(["instruction", "qa"], description="sample kinds the judge scores")
     prompt: str | None = Field(None, description="one rubric for all kinds; default: prompts/<kind>_judge")
     teacher: TeacherConfig | None = Field(
         None, description="the judging model (a teacher: section); default: the run's teacher judges itself"
@@ -426,7 +425,7 @@ class GroundingConfig(_Strict):
     """An answer must be supported by its source chunk: embedding and lexical evidence."""
 
     enabled: bool = True
-    kinds: list[Literal["instruction", "qa"]] = ["instruction", "qa"]
+    kinds: list[SampleKind] = ["instruction", "qa"]
     min_similarity: float = Field(0.35, ge=-1, le=1, description="best cosine of an answer sentence vs the chunk")
     min_lexical: float = Field(0.5, ge=0, le=1, description="share of the answer's content words found in the chunk")
 
@@ -533,7 +532,7 @@ class CurateConfig(_Strict):
     api_key_env: str = Field("ARGILLA_API_KEY", description="environment variable holding the Argilla API key")
     workspace: str = Field("datapipe", description="Argilla workspace (created when missing)")
     dataset_prefix: str | None = Field(None, description="dataset names are <prefix>-<kind>; default: the run id")
-    kinds: list[Literal["instruction", "qa", "preference"]] = Field(
+    kinds: list[DatasetKind] = Field(
         ["instruction", "qa", "preference"], description="which sample kinds get a dataset"
     )
     policy: Literal["any_discard", "majority"] = Field(

@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, model_validator
+
+SampleKind = Literal["instruction", "qa"]
+"""The kinds a :class:`Sample` can be: the one list that records, config (judge, preference, grounding,
+export formats), curation and estimates use. A generation kind (``datapipe.generate.kinds``) makes samples of
+one of these kinds; a new sample kind is added here."""
+SAMPLE_KINDS: tuple[SampleKind, ...] = get_args(SampleKind)
+DatasetKind = Literal["instruction", "qa", "preference"]
+"""What gets a dataset at export: the sample kinds and DPO preference pairs."""
 
 
 def content_id(*parts: Any, length: int = 24) -> str:
@@ -278,7 +286,7 @@ class Sample(Record):
     """
 
     id: str
-    kind: Literal["instruction", "qa"]
+    kind: SampleKind
     instruction: str
     response: str
     messages: list[Message]

@@ -262,8 +262,10 @@ def _remove_stale_tmp(root: Path) -> None:
 
 
 def _reason_code(reason: str) -> str:
-    """``duplicate_of:<id>`` counts as ``duplicate_of`` in summaries."""
-    return reason.split(":", 1)[0] if reason.startswith("duplicate_of:") else reason
+    """``duplicate_of:<id>`` counts as ``duplicate_of`` in summaries (:func:`datapipe.reasons.reason_key`)."""
+    from datapipe.reasons import reason_key
+
+    return reason_key(reason)
 
 
 class StageRecorder:

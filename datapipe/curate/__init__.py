@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from datapipe.curate.guidelines import load_guidelines
 from datapipe.errors import DatapipeError, TerminalError, TransientError
 from datapipe.filter.scores import SCORE_KEYS
+from datapipe.records import SAMPLE_KINDS as SAMPLE_KINDS  # the one list (re-exported for callers here)
 from datapipe.records import (
     Candidate,
     Curation,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 DEFAULT_API_URL = "http://localhost:6900"
 KEEP, DISCARD = "keep", "discard"
-SAMPLE_KINDS = ("instruction", "qa")
 # Argilla metadata property names: lowercase letters, digits, '-' and '_'.
 _TERMS = ("kind", "taxonomy_path", "leaf_kind", "source")
 _SCORE_PREFIX = "score_"

@@ -15,6 +15,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from datapipe.config import FilterConfig
@@ -40,15 +41,59 @@ def per_sample_check(name: str) -> Callable[[PerSampleCheck], PerSampleCheck]:
     return deco
 
 
+BatchRun = Callable[[list[Sample], Any], list[Reject]]
+
+
+@dataclass(frozen=True)
+class BatchCheck:
+    """A filter step over many samples at once (``run(samples, ctx) -> rejects``, ``ctx``: a
+    :class:`datapipe.filter.chain.FilterContext`): dedup compares samples with each other, decontamination
+    and grounding load an index or a model once for all. ``name`` is its step in ``dropped_by_step``;
+    ``enabled(ctx)`` whether the run switches it on (``ctx.cfg``: the run's config); ``per_sample``: it
+    judges each sample alone, so the chain may run it in slices (Ray tasks); ``order``: its place in the
+    chain (lower first; the per-sample checks run at 100, the judge at 900); ``reports_progress``: it
+    advances the progress bar itself, once per sample, through ``ctx.on_done``."""
+
+    name: str
+    run: BatchRun
+    enabled: Callable[[Any], bool]
+    per_sample: bool = False
+    order: int = 600
+    reports_progress: bool = False
+
+
+_BATCH: dict[str, BatchCheck] = {}
+
+
+def batch_check(
+    name: str,
+    enabled: Callable[[Any], bool] | None = None,
+    per_sample: bool = False,
+    order: int = 600,
+    reports_progress: bool = False,
+) -> Callable[[BatchRun], BatchRun]:
+    """Register ``run(samples, ctx) -> list[Reject]`` as the batch check ``name`` (see :class:`BatchCheck`).
+    Without ``enabled`` it runs when ``filter.checks`` names it; its options are then
+    ``ctx.cfg.filter.checks[name]``. Build each reject with :func:`sample_reject`."""
+
+    def deco(run: BatchRun) -> BatchRun:
+        on = enabled or (lambda ctx: name in ctx.cfg.filter.checks)
+        _BATCH[name] = BatchCheck(name, run, on, per_sample, order, reports_progress)
+        return run
+
+    return deco
+
+
 def registered_checks(cfg: FilterConfig) -> list[tuple[str, SampleFilter]]:
-    """The plugin checks ``filter.checks`` names, bound to their options, in the config's order."""
-    unknown = [n for n in cfg.checks if n not in _CHECKS]
+    """The plugin checks ``filter.checks`` names, bound to their options, in the config's order (names of
+    batch checks are theirs to run)."""
+    unknown = [n for n in cfg.checks if n not in _CHECKS and n not in _BATCH]
     if unknown:
         raise ConfigError(
             f"filter.checks: no check registered as {unknown}; registered: {sorted(_CHECKS) or 'none'} "
             "(name the module that registers it under plugins:)"
         )
-    return [(n, functools.partial(_CHECKS[n], options=opts)) for n, opts in cfg.checks.items()]
+    return [(n, functools.partial(_CHECKS[n], options=opts)) for n, opts in cfg.checks.items() if n in _CHECKS]
 
 
 def normalise(text: str) -> str:
@@ -238,15 +283,22 @@ def exact_duplicate(s: Sample, seen: dict[str, str]) -> Verdict:
     return None
 
 
-def verdict_reject(s: Sample, verdict: tuple[str, str]) -> Reject:
+def sample_reject(s: Sample, reason: str, detail: str, payload: str | None = None) -> Reject:
+    """The filter's one way to drop a sample: a ``filter`` reject naming the sample and its source, with the
+    whole sample as payload (so it can be restored) unless the check passes a payload of its own (the judge
+    adds its raw reply; the privacy check keeps real values out)."""
     return Reject(
         stage="filter",
         record_id=s.id,
-        reason=verdict[0],
-        detail=verdict[1],
+        reason=reason,
+        detail=detail,
         source_path=s.provenance.source_path,
-        payload=s.model_dump_json(),
+        payload=s.model_dump_json() if payload is None else payload,
     )
+
+
+def verdict_reject(s: Sample, verdict: tuple[str, str]) -> Reject:
+    return sample_reject(s, verdict[0], verdict[1])
 
 
 def filter_samples(

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datapipe.config import BenchmarkConfig, DecontaminationConfig
 from datapipe.errors import ConfigError
-from datapipe.filter import normalise
+from datapipe.filter import batch_check, normalise, sample_reject
 from datapipe.records import Reject, Sample
 
 
@@ -73,12 +74,17 @@ class Decontaminator:
         for name, bench in self.index.items():
             shared = grams & bench
             if shared:
-                return Reject(
-                    stage="filter",
-                    record_id=sample.id,
-                    reason=f"contaminated:{name}",
-                    detail=f"{len(shared)} shared {self.n}-gram(s) with benchmark {name}",
-                    source_path=sample.provenance.source_path,
-                    payload=sample.model_dump_json(),
+                return sample_reject(
+                    sample, f"contaminated:{name}", f"{len(shared)} shared {self.n}-gram(s) with benchmark {name}"
                 )
         return None
+
+
+@batch_check(
+    "decontamination", enabled=lambda ctx: bool(ctx.cfg.filter.decontamination.benchmarks), per_sample=True, order=200
+)
+def decontaminate(samples: list[Sample], ctx: Any) -> list[Reject]:
+    """The batch check ``decontamination`` (config: ``filter.decontamination``): the benchmarks' n-gram index
+    is built once per call (once per slice under Ray), each sample is checked alone."""
+    decon = Decontaminator.build(ctx.cfg.filter.decontamination, ctx.cfg.base_dir)
+    return [r for s in samples if (r := decon.check(s)) is not None]

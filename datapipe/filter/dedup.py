@@ -14,7 +14,7 @@ import numpy as np
 
 from datapipe.config import NearDedupConfig, SemanticDedupConfig
 from datapipe.errors import MissingDependencyError
-from datapipe.filter import normalise
+from datapipe.filter import batch_check, normalise, sample_reject
 from datapipe.records import Reject, Sample
 
 
@@ -267,14 +267,27 @@ def ann_pairs(emb: np.ndarray, threshold: float, nprobe: int) -> list[tuple[int,
 
 def as_rejects(samples: list[Sample], dupes: dict[str, tuple[str, float]], how: str) -> list[Reject]:
     return [
-        Reject(
-            stage="filter",
-            record_id=s.id,
-            reason=f"duplicate_of:{dupes[s.id][0]}",
-            source_path=s.provenance.source_path,
-            detail=f"{how} duplicate (similarity {dupes[s.id][1]:.3f})",
-            payload=s.model_dump_json(),
-        )
+        sample_reject(s, f"duplicate_of:{dupes[s.id][0]}", f"{how} duplicate (similarity {dupes[s.id][1]:.3f})")
         for s in samples
         if s.id in dupes
     ]
+
+
+@batch_check("near_dedup", enabled=lambda ctx: ctx.cfg.filter.near_dedup.enabled, order=400)
+def near_dedup(samples: list[Sample], ctx: Any) -> list[Reject]:
+    """The batch check ``near_dedup`` (config: ``filter.near_dedup``): MinHash LSH over all samples; with
+    ``partitions > 1`` its tasks go through the chain's executor (``ctx.map_fn``, e.g. Ray tasks)."""
+    cfg = ctx.cfg.filter.near_dedup
+    if cfg.partitions > 1:
+        near = near_duplicates_partitioned(samples, cfg, cfg.partitions, cfg.slice_size, ctx.map_fn)
+    else:
+        near = near_duplicates(samples, cfg)
+    return as_rejects(samples, near, "near (MinHash)")
+
+
+@batch_check("semantic_dedup", enabled=lambda ctx: ctx.cfg.filter.semantic_dedup.enabled, order=500)
+def semantic_dedup(samples: list[Sample], ctx: Any) -> list[Reject]:
+    """The batch check ``semantic_dedup`` (config: ``filter.semantic_dedup``): embedding cosine over all samples."""
+    return as_rejects(
+        samples, semantic_duplicates(samples, ctx.cfg.filter.semantic_dedup, ctx.model), "semantic (embedding cosine)"
+    )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from datapipe.config import GroundingConfig
-from datapipe.filter import normalise
+from datapipe.filter import batch_check, normalise, sample_reject
 from datapipe.records import Reject, Sample
 
 _STOP = set(
@@ -87,17 +87,20 @@ def check_grounding(samples: list[Sample], cfg: GroundingConfig, model: Any) -> 
 
 def as_rejects(samples: list[Sample], ungrounded: dict[str, tuple[float, float]], cfg: GroundingConfig) -> list[Reject]:
     return [
-        Reject(
-            stage="filter",
-            record_id=s.id,
-            reason="ungrounded",
-            source_path=s.provenance.source_path,
-            detail=(
-                f"best sentence similarity {ungrounded[s.id][0]:.2f} < {cfg.min_similarity} and lexical support "
-                f"{ungrounded[s.id][1]:.2f} < {cfg.min_lexical}"
-            ),
-            payload=s.model_dump_json(),
+        sample_reject(
+            s,
+            "ungrounded",
+            f"best sentence similarity {ungrounded[s.id][0]:.2f} < {cfg.min_similarity} and lexical support "
+            f"{ungrounded[s.id][1]:.2f} < {cfg.min_lexical}",
         )
         for s in samples
         if s.id in ungrounded
     ]
+
+
+@batch_check("grounding", enabled=lambda ctx: ctx.cfg.filter.grounding.enabled, per_sample=True, order=300)
+def ground(samples: list[Sample], ctx: Any) -> list[Reject]:
+    """The batch check ``grounding`` (config: ``filter.grounding``): each sample against its own chunk, the
+    sentences of a call embedded in one batch."""
+    cfg = ctx.cfg.filter.grounding
+    return as_rejects(samples, check_grounding(samples, cfg, ctx.model), cfg)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from datapipe.config import JudgeConfig
 from datapipe.errors import TeacherError
+from datapipe.filter import sample_reject
 from datapipe.filter.scores import score_key
 from datapipe.generate.prompts import Prompt
 from datapipe.reasons import teacher_failure
@@ -69,14 +70,7 @@ class QAJudge:
 
         def reject(reason: str, detail: str, raw: str = "") -> Reject:
             payload = json.dumps({"sample": json.loads(sample.model_dump_json()), "judge_output": raw})
-            return Reject(
-                stage="filter",
-                record_id=sample.id,
-                reason=reason,
-                detail=detail,
-                source_path=sample.provenance.source_path,
-                payload=payload,
-            )
+            return sample_reject(sample, reason, detail, payload)
 
         try:
             resp = await self.teacher.complete(messages, self.cfg.params)

@@ -25,6 +25,7 @@ from typing import Any
 
 from datapipe.config import DistilabelJudgeConfig, DistilabelKindConfig, DistilabelStepConfig, GenerationParams
 from datapipe.errors import ConfigError, TeacherError
+from datapipe.filter import sample_reject
 from datapipe.filter.scores import score_key
 from datapipe.reasons import teacher_failure
 from datapipe.records import Chunk, Message, Provenance, Reject, Sample, TeacherCall, content_id
@@ -283,8 +284,7 @@ class DistilabelJudge:
 
         def reject(reason: str, detail: str, raw: str = "") -> Reject:
             payload = json.dumps({"sample": json.loads(sample.model_dump_json()), "judge_output": raw})
-            return Reject(stage="filter", record_id=sample.id, reason=reason, detail=detail,
-                          source_path=sample.provenance.source_path, payload=payload)  # fmt: skip
+            return sample_reject(sample, reason, detail, payload)
 
         try:
             parsed, call, raw = await self.runner(self.teacher, row)

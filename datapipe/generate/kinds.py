@@ -8,6 +8,11 @@ the generate manifest's hash and should change whenever the kind's output would.
 
 Built-in kinds are named here by import path, so that config validation does not import the generators;
 a plugin module registers its own with :func:`register_kind` (see README "Adding a generation kind").
+
+Beside its plan a kind may register an estimator for ``datapipe run --dry-run``
+(``estimate(ectx) -> datapipe.estimate.KindEstimate``, :func:`register_estimator`), built from the same
+shard-key functions as its plan so that the estimate skips exactly the shards the run would reuse. A kind
+without one is reported as "not estimated".
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ _BUILTIN: dict[str, str] = {
     "qa": "datapipe.stages.generate:plan_qa",
 }
 _REGISTERED: dict[str, Plan] = {}
+_BUILTIN_ESTIMATORS: dict[str, str] = {
+    "instruction": "datapipe.estimate:estimate_instruction",
+    "qa": "datapipe.estimate:estimate_qa",
+}
+_ESTIMATORS: dict[str, Callable[[Any], Any]] = {}
 
 
 def register_kind(name: str) -> Callable[[Plan], Plan]:
@@ -65,4 +75,25 @@ def plan_of(name: str) -> Plan:
     if name in _REGISTERED:
         return _REGISTERED[name]
     module, _, attr = _BUILTIN[name].partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+def register_estimator(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register ``estimate(ectx) -> KindEstimate`` (see :mod:`datapipe.estimate`) as kind ``name``'s dry-run
+    estimator (a decorator)."""
+
+    def deco(estimate: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        _ESTIMATORS[name] = estimate
+        return estimate
+
+    return deco
+
+
+def estimator_of(name: str) -> Callable[[Any], Any] | None:
+    """Kind ``name``'s dry-run estimator, or None when it registers none."""
+    if name in _ESTIMATORS:
+        return _ESTIMATORS[name]
+    if name not in _BUILTIN_ESTIMATORS:
+        return None
+    module, _, attr = _BUILTIN_ESTIMATORS[name].partition(":")
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]

@@ -354,7 +354,7 @@ def sample_texts(sample: Any) -> list[str]:
 def leak_rejects(cfg: PipelineConfig, samples: list[Any]) -> list[Any]:
     """Samples in which a real value the run pseudonymised appears: rejects ``pii_leak`` (the detail names
     the entity type, never the value)."""
-    from datapipe.records import Reject
+    from datapipe.filter import sample_reject
 
     mapping = Vault.read_mapping(cfg.run_dir)
     pat = leak_pattern(mapping)
@@ -365,17 +365,9 @@ def leak_rejects(cfg: PipelineConfig, samples: list[Any]) -> list[Any]:
     for s in samples:
         found = Counter(types[m.group(0)] for t in sample_texts(s) for m in pat.finditer(t))
         if found:
-            out.append(
-                Reject(
-                    stage="filter",
-                    record_id=s.id,
-                    reason="pii_leak",
-                    detail="real values in a pseudonymised sample: "
-                    + ", ".join(f"{n} {e}" for e, n in sorted(found.items())),
-                    source_path=s.provenance.source_path,
-                    payload=json.dumps({"id": s.id, "chunk_id": s.provenance.chunk_id}),
-                )
-            )
+            detail = "real values in a pseudonymised sample: " + ", ".join(f"{n} {e}" for e, n in sorted(found.items()))
+            payload = json.dumps({"id": s.id, "chunk_id": s.provenance.chunk_id})  # never the real values
+            out.append(sample_reject(s, "pii_leak", detail, payload))
     return out
 
 

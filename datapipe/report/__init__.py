@@ -9,6 +9,7 @@ from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from datapipe.reasons import meaning
 from datapipe.store import STAGES, RunStore
 
 
@@ -171,16 +172,18 @@ def render_summary(summary: dict[str, Any], wall_seconds: float | None = None) -
         rej.add_column("stage")
         rej.add_column("reason")
         rej.add_column("count", justify="right")
+        rej.add_column("meaning")
         for (stage, reason), n in sorted(summary["rejects"].items()):
-            rej.add_row(stage, reason, str(n))
+            rej.add_row(stage, reason, str(n), meaning(reason))
         parts.append(rej)
     if summary.get("pending"):
         pend = Table(title="pending: not rejected, asked again by the next run", title_justify="left")
         pend.add_column("stage")
         pend.add_column("reason")
         pend.add_column("count", justify="right")
+        pend.add_column("meaning")
         for (stage, reason), n in sorted(summary["pending"].items()):
-            pend.add_row(stage, reason, str(n))
+            pend.add_row(stage, reason, str(n), meaning(reason))
         parts.append(pend)
     if summary["teacher"]:
         first = summary["teacher"][0][1]

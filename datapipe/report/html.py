@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from upath import UPath
 
 from datapipe import fsio
+from datapipe.reasons import meaning, reason_key, split_reason
 from datapipe.records import Chunk, Document, PreferencePair, Sample
 from datapipe.report.examples import Picker, pair_example, reject_example, render_example, sample_example
 from datapipe.store import STAGES, RunStore
@@ -47,7 +48,6 @@ UNITS = {
     "export": "exported rows",
     "publish": "samples in the version",
 }
-DUPLICATE_KINDS = ("duplicate_of", "near_duplicate_of", "semantic_duplicate_of")
 TEACHER_COLUMNS = (
     ("requests", "requests"),
     ("calls", "calls"),
@@ -77,10 +77,9 @@ def reason_code(reason: str) -> str:
     """A reject reason without the record id it points at (``duplicate_of:<id>`` -> ``duplicate_of``).
 
     Other suffixes (``contaminated:gsm8k``, ``wrong_language:de``) say something about the
-    data and are kept.
+    data and are kept (:func:`datapipe.reasons.reason_key`).
     """
-    head, sep, _ = reason.partition(":")
-    return head if sep and head in DUPLICATE_KINDS else reason
+    return reason_key(reason)
 
 
 @dataclass
@@ -390,7 +389,10 @@ def section_rejects(data: RunData, facts: dict[str, Any]) -> Section:
         "rejects",
         "Rejects by reason",
         intro,
-        [_img(fig, "rejects by stage and reason"), _table(["stage", "reason", "count"], ordered)],
+        [
+            _img(fig, "rejects by stage and reason"),
+            _table(["stage", "reason", "count", "meaning"], [(s, r, n, meaning(r)) for s, r, n in ordered]),
+        ],
     )
 
 
@@ -527,8 +529,8 @@ def _preference_signal(data: RunData, facts: dict[str, Any]) -> str:
 def section_duplicates(data: RunData, facts: dict[str, Any]) -> Section:
     clusters: Counter[tuple[str, str, str]] = Counter()  # (stage, kind, representative id) -> duplicates
     for r in data.rejects:
-        head, sep, target = r.reason.partition(":")
-        if sep and head in DUPLICATE_KINDS:
+        head, target = split_reason(r.reason)
+        if target and reason_key(r.reason) == head:  # the argument is a record id: the cluster's representative
             clusters[(r.stage, head, target)] += 1
     sizes: dict[str, Counter[int]] = defaultdict(Counter)
     for (stage, kind, _), n in clusters.items():

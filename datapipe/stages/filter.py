@@ -7,20 +7,27 @@ from typing import Any
 from datapipe.config import PipelineConfig
 from datapipe.records import Sample, content_id
 from datapipe.stages.runner import NullProgress, Progress, ShardJob, ShardLoop
-from datapipe.store import StageRecorder, store_for
+from datapipe.store import RunStore, StageRecorder, store_for
+
+
+def _filter_inputs(store: RunStore) -> tuple[list[str], list[Sample]]:
+    """The shards the filter reads: generated samples and imported ones (`datapipe import`), whichever exist."""
+    stages = [st for st in ("generate", "import") if store.read_manifest(st) is not None] or ["generate"]
+    keys = [k for st in stages for k in store.current_keys(st)]
+    return keys, [s for st in stages for s in store.iter_records(st, Sample)]
 
 
 def run_filter(cfg: PipelineConfig, progress: Progress | None = None, map_fn: Any = None) -> dict[str, Any]:
-    """One filter shard over all samples (dedup is global); ``map_fn``: see :func:`apply_filters`."""
-    # the filter chain stays in datapipe.pipeline for now (it moves to datapipe.filter.chain; import it from there)
-    from datapipe.pipeline import _benchmark_digests, _build_judge, _filter_inputs, apply_filters
+    """One filter shard over all samples (dedup is global) through the chain of :mod:`datapipe.filter.chain`;
+    ``map_fn``: see :func:`datapipe.filter.chain.apply_filters`."""
+    from datapipe.filter.chain import apply_filters, benchmark_digests, build_judge
 
     progress = progress or NullProgress()
     store = store_for(cfg)
     in_keys, samples = _filter_inputs(store)
-    judge = _build_judge(cfg, samples)
+    judge = build_judge(cfg, samples)
     judge_key = [judge.teacher.identity, judge.prompt_hashes] if judge else None
-    cfg_hash = content_id(cfg.section_hash("filter", "chunk"), judge_key, _benchmark_digests(cfg), length=16)
+    cfg_hash = content_id(cfg.section_hash("filter", "chunk"), judge_key, benchmark_digests(cfg), length=16)
     rec = StageRecorder(store, "filter", cfg_hash)
     progress.start("filter", len(samples))
     loop = ShardLoop(store, "filter", rec, Sample, progress, compute_advances=True)

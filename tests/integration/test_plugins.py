@@ -103,4 +103,5 @@ def test_readme_quotes_the_toy_plugin() -> None:
     source = TOY.read_text(encoding="utf-8")
     kind = next(b for b in blocks if '@register_kind("summary")' in b)
     check = next(b for b in blocks if '@per_sample_check("max_digits")' in b)
-    assert kind.strip() in source and check.strip() in source
+    batch = next(b for b in blocks if '@batch_check("max_per_source")' in b)
+    assert kind.strip() in source and check.strip() in source and batch.strip() in source

@@ -1,5 +1,5 @@
-"""A toy generation kind and a toy per-sample check, written the way README "Adding a generation kind" and
-"Adding a filter" say (README quotes this file; tests/integration/test_plugins.py runs it)."""
+"""A toy generation kind, a toy per-sample check and a toy batch check, written the way README "Adding a
+generation kind" and "Adding a filter" say (README quotes this file; tests/integration/test_plugins.py runs it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from datapipe.config import GenerationParams
 from datapipe.errors import TeacherError
-from datapipe.filter import per_sample_check
+from datapipe.filter import batch_check, per_sample_check, sample_reject
 from datapipe.generate.kinds import GenerateContext, Job, register_kind
 from datapipe.generate.prompts import load_prompt
 from datapipe.reasons import teacher_failure
@@ -77,3 +77,16 @@ def max_digits(sample: Sample, options: dict[str, Any]) -> tuple[str, str] | Non
     if digits > options["limit"]:
         return "too_many_digits", f"{digits} digits in the answer > filter.checks.max_digits.limit={options['limit']}"
     return None
+
+
+@batch_check("max_per_source")
+def max_per_source(samples: list[Sample], ctx: Any) -> list[Reject]:
+    """Keep the first ``limit`` samples of each source document (a check across samples: it sees them all)."""
+    limit = ctx.cfg.filter.checks["max_per_source"]["limit"]
+    seen: dict[str, int] = {}
+    out = []
+    for s in samples:
+        seen[s.provenance.source_path] = n = seen.get(s.provenance.source_path, 0) + 1
+        if n > limit:
+            out.append(sample_reject(s, "over_source_quota", f"{n}th sample of its source > limit={limit}"))
+    return out

@@ -27,7 +27,6 @@ def _reject(reason: str, rid: str) -> Reject:
     ("reason", "retryable"),
     [
         ("teacher_unavailable", True),
-        ("budget_exhausted", True),
         ("teacher_error", False),
         ("parse_error", False),
         ("duplicate_of:abc", False),

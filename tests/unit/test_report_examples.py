@@ -64,14 +64,16 @@ def hostile_run(root: Path) -> RunStore:
         Reject(
             stage="filter",
             record_id="s10",
-            reason="near_duplicate_of:s01",
+            reason="duplicate_of:s01",  # as the filter's near dedup writes it (datapipe/filter/dedup.py)
+            detail="near (MinHash) duplicate (similarity 0.912)",
             source_path=a,
             payload=s10.model_dump_json(),
         ),
         Reject(
             stage="filter",
             record_id="s11",
-            reason="near_duplicate_of:s02",
+            reason="duplicate_of:s02",  # as the filter's near dedup writes it (datapipe/filter/dedup.py)
+            detail="near (MinHash) duplicate (similarity 0.887)",
             source_path=a,
             payload=s11.model_dump_json(),
         ),
@@ -94,18 +96,18 @@ def test_examples_show_kept_and_rejected_records_escaped(run: RunStore) -> None:
     assert facts["examples"]["kept"] == {"instruction": _smallest(kept_ids), "qa": ["q1"]}
     assert facts["examples"]["rejected"] == {
         "filter:low_faithfulness": ["s09"],
-        "filter:near_duplicate_of": _smallest(["s10", "s11"]),
+        "filter:duplicate_of": _smallest(["s10", "s11"]),
         "filter:not_self_contained": ["s08"],
     }
     assert f"instruction: {PER_GROUP} of 8" in ex and "qa: 1 of 1" in ex
-    assert "filter: near_duplicate_of (2 of 2)" in ex
+    assert "filter: duplicate_of (2 of 2)" in ex
 
     # every text is escaped: the script tag in a question and in a detail shows as text
     assert "<script>alert" not in page and "<b>bold</b>" not in page
     assert re.findall(r"<script\b", page) == ["<script"], "only the JSON data block may be a script element"
     assert "question points at the source: &#x27;the text&#x27; &lt;script&gt;alert(&quot;x&quot;)" in ex
     # the reject's detail, full reason and source are shown; the dropped sample's texts come from its payload
-    assert "judge faithfulness 1 &lt; 3" in ex and "near_duplicate_of:s0" in ex and "/data/docs/a.md" in ex
+    assert "judge faithfulness 1 &lt; 3" in ex and "duplicate_of:s0" in ex and "/data/docs/a.md" in ex
     assert "What does s09 say?" in ex
 
 

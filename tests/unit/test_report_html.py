@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from datapipe.filter import sample_reject
 from datapipe.records import (
     Candidate,
     Chunk,
@@ -142,20 +143,11 @@ def made_run(tmp_path: Path) -> RunStore:
         _sample("s5", a, s5.response, taxonomy="knowledge/science/birds", judge_faithfulness=4, judge_quality=4),
     ]
     low = _sample("s4", b, s4.response, judge_faithfulness=1, judge_quality=3)
+    # as the filter's dedup writes them (datapipe/filter/dedup.py: as_rejects): the detail says which strength
     filter_rejects = [
-        Reject(
-            stage="filter", record_id="s2", reason="near_duplicate_of:s1", source_path=a, payload=s2.model_dump_json()
-        ),
-        Reject(
-            stage="filter", record_id="s3", reason="near_duplicate_of:s1", source_path=a, payload=s3.model_dump_json()
-        ),
-        Reject(
-            stage="filter",
-            record_id="s6",
-            reason="semantic_duplicate_of:s1",
-            source_path=a,
-            payload=s6.model_dump_json(),
-        ),
+        sample_reject(s2, "duplicate_of:s1", "near (MinHash) duplicate (similarity 0.912)"),
+        sample_reject(s3, "duplicate_of:s1", "near (MinHash) duplicate (similarity 0.875)"),
+        sample_reject(s6, "duplicate_of:s1", "semantic (embedding cosine) duplicate (similarity 0.934)"),
         Reject(
             stage="filter",
             record_id="s4",
@@ -199,20 +191,12 @@ def test_report_figures_match_the_run(made_run: RunStore) -> None:
         ("filter", 6, 2, 4),
         ("preference", 2, 1, 1),
     ]
-    assert facts["rejects_by_reason"]["filter"] == {
-        "low_faithfulness": 1,
-        "near_duplicate_of": 2,
-        "semantic_duplicate_of": 1,
-    }
+    assert facts["rejects_by_reason"]["filter"] == {"duplicate_of": 3, "low_faithfulness": 1}
     assert facts["rejects_by_reason"]["extract"] == {"duplicate_of": 1}
     assert facts["duplicates"] == {
-        "clusters": 3,
+        "clusters": 2,
         "duplicates": 4,
-        "sizes": {
-            "extract: duplicate_of": {"2": 1},
-            "filter: near_duplicate_of": {"3": 1},
-            "filter: semantic_duplicate_of": {"2": 1},
-        },
+        "sizes": {"extract: duplicate_of": {"2": 1}, "filter: duplicate_of": {"4": 1}},
     }
     # scores of the kept samples and of the judge's reject (read from its payload)
     assert facts["scores"]["judge_faithfulness"] == {"kept": 2, "rejected": 1}
@@ -229,7 +213,9 @@ def test_report_figures_match_the_run(made_run: RunStore) -> None:
     assert facts["problems"] == []
 
     # the visible page says the same
-    assert '<td>near_duplicate_of</td><td class="num">2</td>' in section(page, "rejects")
+    assert '<td>duplicate_of</td><td class="num">3</td>' in section(page, "rejects")
+    meaning = "the judge scored faithfulness below filter.judge.min_faithfulness"  # from the catalogue
+    assert f'<td>low_faithfulness</td><td class="num">1</td><td>{meaning}</td>' in section(page, "rejects")
     assert '<td class="num">1,300</td>' in section(page, "tokens")  # the total row
     assert "What does s1 say?" in section(page, "duplicates")  # the representative's text
     assert "1 have no kept sample" in section(page, "coverage")
@@ -286,12 +272,12 @@ def test_write_report_refuses_a_missing_run(tmp_path: Path) -> None:
     ("reason", "code"),
     [
         ("duplicate_of:abc", "duplicate_of"),
-        ("near_duplicate_of:abc", "near_duplicate_of"),
-        ("semantic_duplicate_of:abc", "semantic_duplicate_of"),
         ("contaminated:gsm8k", "contaminated:gsm8k"),
+        ("wrong_language:de", "wrong_language:de"),
         ("parse_error", "parse_error"),
+        ("my_plugin_code:x", "my_plugin_code:x"),
     ],
-    ids=["exact", "near", "semantic", "contaminated-keeps-benchmark", "plain"],
+    ids=["duplicate-drops-id", "contaminated-keeps-benchmark", "language-kept", "plain", "unknown-kept"],
 )
 def test_reason_code(reason: str, code: str) -> None:
     assert reason_code(reason) == code
