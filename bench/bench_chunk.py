@@ -18,7 +18,8 @@ Both sides are credited with the same sentence count, ``len(split_sentences(doc)
 
 Quality of the quantised backend (untimed, before the rounds): the mean and minimum cosine between its
 embedding of every sentence and PyTorch's, and the documents whose chunks (char spans) are exactly those
-the PyTorch-backed chunker makes, plus the share of identical chunk spans.
+the PyTorch-backed chunker makes, plus the share of identical chunk spans and how many gaps the chunker
+rescored on float32 embeddings (``chunk.exact_margin``; the timed rounds include that rescoring).
 The document list is repeated until one model-alone pass takes a few seconds.
 After an untimed warm-up, several rounds run within a time budget. In each round
 the two sides take turns document by document, and which side goes first flips
@@ -118,6 +119,7 @@ def main() -> int:
     cos = np.sum(chunker.model.encode(all_texts, **enc) * model.encode(all_texts, **enc), axis=1)
     reference = SemanticChunker(ChunkConfig())
     same_docs = same_spans = n_spans = 0
+    chunker.gaps_scored = chunker.gaps_refined = 0
     for d in docs:
         mine = [(c.char_start, c.char_end) for c in chunker.chunk(d)]
         theirs = [(c.char_start, c.char_end) for c in reference.chunk(d)]
@@ -127,8 +129,11 @@ def main() -> int:
     print(
         f"quality vs PyTorch: cosine mean {cos.mean():.4f}, min {cos.min():.4f} over {len(all_texts)} sentences; "
         f"same chunks in {same_docs}/{len(docs)} documents ({100 * same_docs / len(docs):.0f}%), "
-        f"{same_spans}/{n_spans} chunk spans identical ({100 * same_spans / max(1, n_spans):.1f}%)"
+        f"{same_spans}/{n_spans} chunk spans identical ({100 * same_spans / max(1, n_spans):.1f}%); "
+        f"gaps rescored on float32 (chunk.exact_margin {cfg.exact_margin}): {chunker.gaps_refined} of "
+        f"{chunker.gaps_scored}"
     )
+    refined = f"{chunker.gaps_refined}/{chunker.gaps_scored}"
 
     def run_datapipe(doc: Document) -> int:
         return len(chunker.chunk(doc))
@@ -188,7 +193,8 @@ def main() -> int:
     load_end = report_load(load_start, LOAD_WARN)
     print(
         f"RESULT bench_chunk backend={args.backend} ratio={dp_mean / m_mean:.2f} cos_mean={cos.mean():.4f} "
-        f"same_docs={same_docs}/{len(docs)} same_spans={same_spans}/{n_spans} datapipe_sent_per_s={dp_mean:.1f} "
+        f"same_docs={same_docs}/{len(docs)} same_spans={same_spans}/{n_spans} refined={refined} "
+        f"datapipe_sent_per_s={dp_mean:.1f} "
         f"model_sent_per_s={m_mean:.1f} best_ratio={dp_best / m_best:.2f} median_ratio={median_ratio:.2f} "
         f"sentences={sents} docs={len(docs)}x{reps} rounds={n} load={load_start:.2f}/{load_end:.2f}"
     )

@@ -77,6 +77,13 @@ class ChunkConfig(_Strict):
         description="embedding runtime: torch (the model as shipped) or onnx-int8 (ONNX Runtime, int8 weights, "
         "exported once into ~/.cache/datapipe; faster on CPU, slightly different similarities, so other chunk ids)",
     )
+    exact_margin: float = Field(
+        0.03,
+        ge=0,
+        le=1,
+        description="onnx-int8 only: a break decided by a similarity closer than this to what it was compared "
+        "with is decided again on exact (float32) embeddings, so chunks match the torch backend's; 0: never",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ChunkConfig:
@@ -759,6 +766,7 @@ class PipelineConfig(_Strict):
             data["extract"].pop("workers", None)
         if isinstance(data.get("chunk"), dict) and data["chunk"].get("backend") == "torch":
             data["chunk"].pop("backend")  # the default hashes as before the field existed: existing runs reuse shards
+            data["chunk"].pop("exact_margin", None)  # onnx-int8 only
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

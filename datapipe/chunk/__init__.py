@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -200,10 +200,15 @@ boundary: between two equally similar gaps, the break goes where the author put 
 
 def local_candidates(scores: np.ndarray, percentile: float, window: int) -> np.ndarray:
     """Boolean per gap: its score is within the ``percentile`` lowest of the gaps at most ``window`` away."""
-    out = np.zeros(len(scores), dtype=bool)
+    return scores <= window_percentiles(scores, percentile, window)
+
+
+def window_percentiles(scores: np.ndarray, percentile: float, window: int) -> np.ndarray:
+    """Per gap: the ``percentile`` of the scores of the gaps at most ``window`` away (its candidate threshold)."""
+    out = np.zeros(len(scores))
     for i in range(len(scores)):
         lo, hi = max(0, i - window), min(len(scores), i + window + 1)
-        out[i] = scores[i] <= np.percentile(scores[lo:hi], percentile)
+        out[i] = np.percentile(scores[lo:hi], percentile)
     return out
 
 
@@ -236,10 +241,17 @@ def suppress(
 
 
 def split_range(
-    lo: int, hi: int, lengths: list[int], scores: np.ndarray, min_tokens: int, max_tokens: int
+    lo: int,
+    hi: int,
+    lengths: list[int],
+    scores: np.ndarray,
+    min_tokens: int,
+    max_tokens: int,
+    close: Callable[[list[int]], None] | None = None,
 ) -> list[tuple[int, int]]:
     """Sentence ranges ``[a, b)`` covering ``[lo, hi)``, each at most ``max_tokens``: an over-long range is
-    cut at its lowest-scoring gap that leaves ``min_tokens`` on both sides (else at any gap), recursively."""
+    cut at its lowest-scoring gap that leaves ``min_tokens`` on both sides (else at any gap), recursively.
+    ``close`` (see :func:`fragile_gaps`) is told the gaps whose scores decided a cut."""
     if sum(lengths[lo:hi]) <= max_tokens or hi - lo < 2:
         return [(lo, hi)]
     total = sum(lengths[lo:hi])
@@ -248,9 +260,69 @@ def split_range(
     roomy = [g for g, n in zip(gaps, left, strict=True) if n >= min_tokens and total - n >= min_tokens]
     pool = roomy or gaps
     cut = min(pool, key=lambda g: (scores[g], g))
-    return split_range(lo, cut + 1, lengths, scores, min_tokens, max_tokens) + split_range(
-        cut + 1, hi, lengths, scores, min_tokens, max_tokens
+    if close is not None:
+        close([cut, *pool])
+    return split_range(lo, cut + 1, lengths, scores, min_tokens, max_tokens, close) + split_range(
+        cut + 1, hi, lengths, scores, min_tokens, max_tokens, close
     )
+
+
+def fragile_gaps(
+    scores: np.ndarray,
+    thresholds: np.ndarray,
+    strength: np.ndarray,
+    candidate: np.ndarray,
+    positions: list[int],
+    min_tokens: int,
+    total: int,
+    window: int,
+    margin: float,
+) -> set[int]:
+    """Gaps whose score decided a break by less than ``margin``: an approximate embedding
+    (``chunk.backend: onnx-int8``) could flip exactly these decisions, so their scores are recomputed with the
+    exact model (see :meth:`SemanticChunker.chunk`). A decision that cannot change a break is left alone:
+
+    * a gap within ``margin`` of its candidate threshold, when as a candidate it could be kept (it is
+      ``min_tokens`` from both ends and no other candidate within ``min_tokens`` is stronger by more than
+      ``margin``) or could suppress a candidate that could otherwise be kept; with it, the gaps of its window
+      within ``margin`` of that threshold (the percentile is read from them);
+    * two candidates within ``min_tokens`` whose strengths differ by less than ``margin``, when either of them
+      could be kept but for the other.
+    """
+    from bisect import bisect_left, bisect_right
+
+    n = len(scores)
+
+    def around(g: int) -> range:
+        p = positions[g]
+        return range(bisect_right(positions, p - min_tokens), bisect_left(positions, p + min_tokens))
+
+    def keepable(g: int, value: float, skip: tuple[int, ...]) -> bool:
+        """``g`` could be a break with score ``value``: far enough from the ends, and no candidate near it
+        (but those in ``skip``) stronger by more than the margin."""
+        if positions[g] < min_tokens or total - positions[g] < min_tokens:
+            return False
+        return not any(candidate[h] and h not in skip and strength[h] < value - margin for h in around(g))
+
+    out: set[int] = set()
+    for i in range(n):
+        if not np.isfinite(strength[i]):
+            continue
+        if abs(scores[i] - thresholds[i]) < margin:
+            s_i = scores[i]
+            if keepable(i, s_i, (i,)) or any(
+                candidate[k] and k != i and strength[k] > s_i - margin and keepable(k, strength[k], (i, k))
+                for k in around(i)
+            ):
+                lo, hi = max(0, i - window), min(n, i + window + 1)
+                out.update(lo + int(j) for j in np.flatnonzero(np.abs(scores[lo:hi] - thresholds[i]) < margin))
+                out.add(i)
+        if candidate[i]:
+            for j in around(i):
+                if j > i and candidate[j] and np.isfinite(strength[j]) and abs(strength[j] - strength[i]) < margin:
+                    if keepable(i, strength[i], (i, j)) or keepable(j, strength[j], (i, j)):
+                        out.update((i, j))
+    return out
 
 
 class SemanticChunker:
@@ -262,8 +334,9 @@ class SemanticChunker:
         self.model = load_embedder(cfg.model, cfg.backend)
         self.tokenizer = self.model.tokenizer
         # the torch backend hashes as before the field existed, so existing runs keep their chunk ids
-        dump = cfg.model_dump(mode="json", exclude={"backend"} if cfg.backend == "torch" else None)
+        dump = cfg.model_dump(mode="json", exclude={"backend", "exact_margin"} if cfg.backend == "torch" else None)
         self.config_hash = content_id(dump, self.model_name, length=16)
+        self.gaps_scored = self.gaps_refined = 0  # gaps between sentences; those rescored with the exact model
 
     @property
     def model_name(self) -> str:
@@ -293,29 +366,76 @@ class SemanticChunker:
             return []
         lengths = count_tokens(self.tokenizer, [doc.text[s.start : s.end] for s in sents])
         sents, lengths = _split_long(doc, sents, lengths, self.cfg.max_tokens, self.tokenizer)
-        sims = self.similarities([doc.text[s.start : s.end] for s in sents])
+        texts = [doc.text[s.start : s.end] for s in sents]
+        sims = self.similarities(texts)
         crosses = np.array([sents[g].element != sents[g + 1].element for g in range(len(sims))], dtype=float)
         scores = sims - _PARAGRAPH_BONUS * crosses
-        candidate = local_candidates(scores, self.cfg.breakpoint_percentile, self.cfg.breakpoint_window)
-        strength = scores.copy()
-        for g in range(len(sims)):
-            if sents[g + 1].is_title:
-                candidate[g], strength[g] = True, -np.inf
-        positions = np.cumsum(lengths)[:-1].tolist()
-        breaks = suppress(strength, candidate, positions, self.cfg.min_tokens, sum(lengths))
-        # a table part after the first starts a chunk of its own, with the header rows it repeats
-        breaks = sorted({*breaks, *(g for g in range(len(sims)) if sents[g + 1].prefix)})
-        edges = [0, *(g + 1 for g in breaks), len(sents)]
-        ranges = [
-            r
-            for a, b in zip(edges, edges[1:], strict=False)
-            for r in split_range(a, b, lengths, scores, self.cfg.min_tokens, self.cfg.max_tokens)
-        ]
+        margin = self.cfg.exact_margin if hasattr(self.model, "encode_exact") and self.cfg.exact_margin > 0 else None
+        ranges, fragile = self._ranges(sents, lengths, scores, margin)
+        # an approximate backend: the scores that decided a break by less than its error are recomputed with the
+        # exact model, and the decisions taken again, until none rests on an approximate score
+        refined: set[int] = set()
+        exact: dict[int, np.ndarray] = {}
+        while margin is not None and (todo := sorted(fragile - refined)):
+            need = sorted({i for g in todo for i in (g, g + 1)} - exact.keys())
+            if need:
+                emb = self.model.encode_exact([texts[i] for i in need], batch_size=self.cfg.batch_size)
+                exact.update(zip(need, emb, strict=True))
+            for g in todo:
+                scores[g] = float(np.dot(exact[g], exact[g + 1])) - _PARAGRAPH_BONUS * crosses[g]
+            refined.update(todo)
+            ranges, fragile = self._ranges(sents, lengths, scores, margin)
+        self.gaps_scored += len(sims)
+        self.gaps_refined += len(refined)
         chunks: list[Chunk] = []
         seen: dict[str, int] = {}
         for n, (a, b) in enumerate(ranges):
             chunks.append(self._make_chunk(doc, sents[a:b], sum(lengths[a:b]), n, seen))
         return chunks
+
+    def _ranges(
+        self, sents: list[Sentence], lengths: list[int], scores: np.ndarray, margin: float | None
+    ) -> tuple[list[tuple[int, int]], set[int]]:
+        """The chunks' sentence ranges from the gaps' scores, and (with a ``margin``) the gaps whose scores
+        decided them by less than it (:func:`fragile_gaps`)."""
+        cfg = self.cfg
+        thresholds = window_percentiles(scores, cfg.breakpoint_percentile, cfg.breakpoint_window)
+        candidate = scores <= thresholds
+        strength = scores.copy()
+        for g in range(len(scores)):
+            if sents[g + 1].is_title:
+                candidate[g], strength[g] = True, -np.inf
+        positions = np.cumsum(lengths)[:-1].tolist()
+        breaks = suppress(strength, candidate, positions, cfg.min_tokens, sum(lengths))
+        # a table part after the first starts a chunk of its own, with the header rows it repeats
+        breaks = sorted({*breaks, *(g for g in range(len(scores)) if sents[g + 1].prefix)})
+        edges = [0, *(g + 1 for g in breaks), len(sents)]
+        fragile: set[int] = set()
+        close = None
+        if margin is not None:
+            fragile = fragile_gaps(
+                scores,
+                thresholds,
+                strength,
+                candidate,
+                positions,
+                cfg.min_tokens,
+                sum(lengths),
+                cfg.breakpoint_window,
+                margin,
+            )
+
+            def close(pool: list[int]) -> None:
+                cut, rest = pool[0], [g for g in pool[1:] if g != pool[0]]
+                near = [g for g in rest if abs(scores[g] - scores[cut]) < margin]
+                fragile.update([cut, *near] if near else [])
+
+        ranges = [
+            r
+            for a, b in zip(edges, edges[1:], strict=False)
+            for r in split_range(a, b, lengths, scores, cfg.min_tokens, cfg.max_tokens, close)
+        ]
+        return ranges, fragile
 
     def _make_chunk(
         self, doc: Document, sents: list[Sentence], n_tokens: int, index: int, seen: dict[str, int]

@@ -31,7 +31,8 @@ import numpy as np
 from datapipe.errors import MissingDependencyError
 
 ONNX_FILE = "model_int8.onnx"
-_EXPORT_VERSION = 1  # bump when the export steps change, so old cached exports are not reused
+FP32_FILE = "model_fp32.onnx"
+_EXPORT_VERSION = 2  # bump when the export steps change, so old cached exports are not reused
 
 
 def cache_root() -> Path:
@@ -95,7 +96,7 @@ def _export(path: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        fp32 = tmp / "model_fp32.onnx"
+        fp32 = tmp / FP32_FILE
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -117,7 +118,6 @@ def _export(path: str, target: Path) -> None:
             per_channel=True,
             op_types_to_quantize=["MatMul"],
         )
-        fp32.unlink()
         st.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         meta = {"max_seq_length": int(transformer.max_seq_length), "normalize": normalize, "source": path}
         (tmp / "datapipe_embedder.json").write_text(json.dumps(meta, indent=1))
@@ -141,20 +141,25 @@ class QuantisedEmbedder:
         from transformers import AutoTokenizer
 
         folder = export_dir(path)
-        if not (folder / ONNX_FILE).is_file():
+        if not (folder / ONNX_FILE).is_file() or not (folder / FP32_FILE).is_file():
             _export(path, folder)
         meta = json.loads((folder / "datapipe_embedder.json").read_text())
         self.path = str(folder)
         self.max_seq_length = int(meta["max_seq_length"])
         self.normalize = bool(meta["normalize"])
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        opts = ort.SessionOptions()
+        self._ort = ort
+        self.session = self._session(folder / ONNX_FILE)
+        self._exact: Any = None
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def _session(self, path: Path) -> Any:
+        opts = self._ort.SessionOptions()
         opts.log_severity_level = 3
         # idle worker threads sleep instead of spinning: on a machine whose cores are shared (CI, a laptop running
         # other work) spinning made a 4-sentence document ~6x slower to embed (measured on the 2-core dev machine)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(folder / ONNX_FILE), opts, providers=["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self.session.get_inputs()}
+        return self._ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def encode(
         self,
@@ -165,8 +170,18 @@ class QuantisedEmbedder:
         show_progress_bar: bool = False,
         **_: Any,
     ) -> np.ndarray:
-        """Embeddings of ``sentences`` (float32, one row each), batched by length as sentence-transformers does
-        so that a batch pads little."""
+        """Embeddings of ``sentences`` (float32, one row each) from the int8 model."""
+        return self._encode(self.session, sentences, batch_size, normalize_embeddings)
+
+    def encode_exact(self, sentences: list[str], batch_size: int = 32) -> np.ndarray:
+        """Normalised embeddings from the same export before quantisation (float32 weights: the PyTorch model's
+        embeddings to about 1e-6). The chunker rescoring the few decisions int8 could flip uses it."""
+        if self._exact is None:
+            self._exact = self._session(Path(self.path) / FP32_FILE)
+        return self._encode(self._exact, sentences, batch_size, True)
+
+    def _encode(self, session: Any, sentences: list[str] | str, batch_size: int, normalize: bool) -> np.ndarray:
+        """Batched by length as sentence-transformers does, so that a batch pads little."""
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         out = np.zeros((len(texts), 0), dtype=np.float32)
@@ -180,10 +195,10 @@ class QuantisedEmbedder:
             feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in self._inputs}
             if "token_type_ids" in self._inputs and "token_type_ids" not in feed:
                 feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-            hidden = self.session.run(None, feed)[0]
+            hidden = session.run(None, feed)[0]
             mask = feed["attention_mask"][:, :, None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-            if self.normalize or normalize_embeddings:
+            if self.normalize or normalize:
                 pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
             rows.append(pooled.astype(np.float32))
         if rows:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datapipe.chunk import SemanticChunker, default_model_path, load_embedder
-from datapipe.chunk.quantised import ONNX_FILE, QuantisedEmbedder, export_dir
+from datapipe.chunk import SemanticChunker, default_model_path, fragile_gaps, load_embedder
+from datapipe.chunk.quantised import FP32_FILE, ONNX_FILE, QuantisedEmbedder, export_dir
 from datapipe.config import ChunkConfig, ExtractConfig, SemanticDedupConfig
 from datapipe.extract import SourceFile, extract_file
 from datapipe.filter.dedup import ann_pairs, exact_semantic_duplicates, semantic_duplicates_of
@@ -46,6 +46,7 @@ def test_export_is_cached_under_the_model_hash_and_reused(quantised: QuantisedEm
     onnx = folder / ONNX_FILE
     # int8 MatMul weights, fp32 word embeddings: ~59 MB against ~90 MB for the fp32 export
     assert onnx.is_file() and onnx.stat().st_size < 64 * 2**20
+    assert (folder / FP32_FILE).is_file()  # kept for the chunker's exact rescoring
     before = onnx.stat().st_mtime_ns
     again = QuantisedEmbedder(default_model_path())  # a second load finds the export and does not redo it
     assert onnx.stat().st_mtime_ns == before
@@ -75,6 +76,7 @@ def test_backend_is_part_of_chunk_ids_but_torch_ids_are_unchanged(
     # the torch backend hashes the config as it did before the backend field existed
     legacy = ChunkConfig(min_tokens=16, max_tokens=96).model_dump(mode="json")
     legacy.pop("backend")
+    legacy.pop("exact_margin")
     assert torch_chunker.config_hash == content_id(legacy, torch_chunker.model_name, length=16)
     q = SemanticChunker(ChunkConfig(min_tokens=16, max_tokens=96, backend="onnx-int8"))  # the fixture's cache
     assert q.model.path == quantised.path
@@ -82,6 +84,46 @@ def test_backend_is_part_of_chunk_ids_but_torch_ids_are_unchanged(
     assert mine and theirs
     assert mine[-1].char_end == theirs[-1].char_end
     assert not {c.id for c in mine} & {c.id for c in theirs}  # another backend, other ids: no stale reuse
+
+
+def test_close_decisions_are_rescored_exactly_so_chunks_match_torch(
+    quantised: QuantisedEmbedder, corpus_docs: Path
+) -> None:
+    """The document whose chunks int8 similarities alone moved (bench_chunk before the exact rescoring): its
+    close decisions are taken again on float32 embeddings, and its chunks are the torch backend's."""
+    texts = _sentences(corpus_docs, 40)
+    exact = quantised.encode_exact(texts)
+    ref = load_embedder(None).encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.sum(exact * ref, axis=1).min() >= 0.9999
+    doc = extract_file(SourceFile(corpus_docs / "norwich-city.txt"), ExtractConfig())
+    assert isinstance(doc, Document)
+    torch_spans = [(c.char_start, c.char_end) for c in SemanticChunker(ChunkConfig()).chunk(doc)]
+    q = SemanticChunker(ChunkConfig(backend="onnx-int8"))
+    assert [(c.char_start, c.char_end) for c in q.chunk(doc)] == torch_spans
+    assert 0 < q.gaps_refined < q.gaps_scored / 3  # a few gaps rescored, not the document
+    off = SemanticChunker(ChunkConfig(backend="onnx-int8", exact_margin=0))
+    off.chunk(doc)
+    assert off.gaps_refined == 0
+
+
+def test_fragile_gaps_are_the_close_decisions_that_can_change_a_break() -> None:
+    positions = [10 * (g + 1) for g in range(8)]  # tokens before each gap
+    scores = np.array([0.5, 0.5, 0.1, 0.5, 0.5, 0.5, 0.5, 0.5])
+    thresholds = np.full(8, 0.3)
+    # gap 5 sits at its threshold and no stronger candidate is near it: its decision can make a break
+    scores[5] = 0.301
+    candidate = scores <= thresholds
+    fragile = fragile_gaps(scores, thresholds, scores.copy(), candidate, positions, 15, 100, 2, 0.03)
+    assert 5 in fragile and 2 not in fragile
+    # the same gap next to a far stronger candidate (within min_tokens) cannot be kept nor suppress one
+    scores2 = scores.copy()
+    scores2[4] = 0.0
+    candidate2 = scores2 <= thresholds
+    assert 5 not in fragile_gaps(scores2, thresholds, scores2.copy(), candidate2, positions, 15, 100, 2, 0.03)
+    # two near-tied candidates, neither beaten by a third: both are rescored
+    scores3 = np.array([0.5, 0.5, 0.1, 0.11, 0.5, 0.5, 0.5, 0.5])
+    fragile3 = fragile_gaps(scores3, thresholds, scores3.copy(), scores3 <= thresholds, positions, 15, 100, 2, 0.03)
+    assert {2, 3} <= fragile3
 
 
 def _paraphrased(corpus_docs: Path) -> tuple[np.ndarray, set[int]]:
@@ -128,6 +170,8 @@ def test_chunk_stage_key_is_unchanged_for_the_torch_backend() -> None:
     torch_cfg = PipelineConfig(sources=["docs"])
     dump = torch_cfg.model_dump(mode="json")["chunk"]
     dump.pop("backend")
+    dump.pop("exact_margin")
     before = hashlib.sha256(json.dumps({"chunk": dump}, sort_keys=True).encode()).hexdigest()[:16]
     assert torch_cfg.section_hash("chunk") == before
+    assert before == "81062a3153ba39ea"  # the key before the backend field existed (git archive 71495e3)
     assert PipelineConfig(sources=["docs"], chunk=ChunkConfig(backend="onnx-int8")).section_hash("chunk") != before
