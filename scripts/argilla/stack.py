@@ -239,12 +239,17 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="datapipe-argilla-"))
     workdir.mkdir(parents=True, exist_ok=True)
     stack = ArgillaStack(workdir)
+    stopping = threading.Event()
     try:
         stack.start(port=args.port)
+        # once running, a signal only sets a flag: an exception raised between the bytecodes of Popen.poll() can
+        # leave the Popen's wait lock taken, and stop()'s wait() then blocks for ever (seen once under load)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: stopping.set())
         print(f"Argilla {stack.url}  (user {stack.username} / {stack.password}, API key {stack.api_key})", flush=True)
         print(f"logs and database in {workdir}; Ctrl-C or SIGTERM stops", flush=True)
-        while all(p.poll() is None for p in stack.procs.values()) and os.getppid() == parent:
-            time.sleep(1)
+        while not stopping.is_set() and all(p.poll() is None for p in stack.procs.values()) and os.getppid() == parent:
+            stopping.wait(1)
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
