@@ -1,12 +1,13 @@
-"""Chunking throughput: datapipe's ``SemanticChunker`` (quantised backend) vs the PyTorch model alone.
+"""Chunking throughput: datapipe's ``SemanticChunker`` (fast backend) vs the PyTorch model alone.
 
 What is measured: sentences per second. The shared test documents
 (``shared/corpus/docs``, or ``examples/docs`` when that folder is missing) are
 extracted once with ``datapipe.extract.extract_file`` (untimed). Then, per document:
 
 * datapipe: ``SemanticChunker(ChunkConfig(backend=B)).chunk(doc)`` (``--backend``, default
-  ``onnx-int8``: all-MiniLM-L6-v2 exported to ONNX with int8 weights, see
-  ``datapipe/chunk/quantised.py``) -- sentence splitting,
+  ``openvino``: all-MiniLM-L6-v2 exported to ONNX and compiled by OpenVINO, which runs it in bfloat16 on a
+  CPU with AMX/AVX512-BF16 and in float32 elsewhere; ``onnx-int8``: the same export with int8 weights on
+  ONNX Runtime; see ``datapipe/chunk/quantised.py``) -- sentence splitting,
   token counting with the model's tokenizer, cutting over-long sentences,
   embedding, similarity breakpoints and building ``Chunk`` records;
 * model alone: the packaged all-MiniLM-L6-v2 sentence-transformers model
@@ -16,7 +17,7 @@ extracted once with ``datapipe.extract.extract_file`` (untimed). Then, per docum
 
 Both sides are credited with the same sentence count, ``len(split_sentences(doc))``.
 
-Quality of the quantised backend (untimed, before the rounds): the mean and minimum cosine between its
+Quality of the fast backend (untimed, before the rounds): the mean and minimum cosine between its
 embedding of every sentence and PyTorch's, and the documents whose chunks (char spans) are exactly those
 the PyTorch-backed chunker makes, plus the share of identical chunk spans and how many gaps the chunker
 rescored on float32 embeddings (``chunk.exact_margin``; the timed rounds include that rescoring).
@@ -29,7 +30,8 @@ slowdowns hit both sides alike. The headline figures are totals over all rounds.
 Best-of-rounds figures and the median of the per-round ratios are printed as well.
 
 Run from the project root:
-  .venv/bin/python bench/bench_chunk.py [--backend onnx-int8|torch] [--rounds N] [--budget-s S] [--min-pass-s S]
+  .venv/bin/python bench/bench_chunk.py [--backend openvino|onnx-int8|torch] [--rounds N] [--budget-s S]
+      [--min-pass-s S]
 Last line:  RESULT bench_chunk ratio=<datapipe/model-alone> cos_mean=... same_docs=... ...
 """
 
@@ -80,7 +82,9 @@ def main() -> int:
         default=4.0,
         help="repeat the documents until one model-alone pass takes at least this long",
     )
-    ap.add_argument("--backend", choices=["onnx-int8", "torch"], default="onnx-int8", help="datapipe's backend")
+    ap.add_argument(
+        "--backend", choices=["openvino", "onnx-int8", "torch"], default="openvino", help="datapipe's backend"
+    )
     args = ap.parse_args()
 
     from datapipe.chunk import SemanticChunker, default_model_path, load_embedder, split_sentences
@@ -104,7 +108,10 @@ def main() -> int:
     cfg = ChunkConfig(backend=args.backend)
     t0 = time.perf_counter()
     chunker = SemanticChunker(cfg)  # the first onnx-int8 use exports the model into the cache
-    print(f"datapipe backend {args.backend}: loaded in {time.perf_counter() - t0:.1f}s")
+    precision = getattr(chunker.model, "precision", "f32")
+    print(
+        f"datapipe backend {args.backend}: loaded in {time.perf_counter() - t0:.1f}s, inference precision {precision}"
+    )
     model = load_embedder(None)
     texts_per_doc = [[d.text[s.start : s.end] for s in split_sentences(d)] for d in docs]
     sents_per_pass = sum(len(t) for t in texts_per_doc)
@@ -192,7 +199,8 @@ def main() -> int:
     )
     load_end = report_load(load_start, LOAD_WARN)
     print(
-        f"RESULT bench_chunk backend={args.backend} ratio={dp_mean / m_mean:.2f} cos_mean={cos.mean():.4f} "
+        f"RESULT bench_chunk backend={args.backend} precision={precision} ratio={dp_mean / m_mean:.2f} "
+        f"cos_mean={cos.mean():.4f} "
         f"same_docs={same_docs}/{len(docs)} same_spans={same_spans}/{n_spans} refined={refined} "
         f"datapipe_sent_per_s={dp_mean:.1f} "
         f"model_sent_per_s={m_mean:.1f} best_ratio={dp_best / m_best:.2f} median_ratio={median_ratio:.2f} "

@@ -100,7 +100,7 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=1000)
     ap.add_argument("--large", type=int, default=10000)
     ap.add_argument("--sentences", type=int, default=4, help="sentences per generated document")
-    ap.add_argument("--backend", choices=["torch", "onnx-int8"], default="onnx-int8")
+    ap.add_argument("--backend", choices=["torch", "onnx-int8", "openvino"], default="onnx-int8")
     args = ap.parse_args()
     load_start = load_at_start()
     small = run_size(args.small, args.sentences, args.backend)

@@ -61,6 +61,11 @@ class ExtractConfig(_Strict):
     )
 
 
+# the largest error of a gap's similarity, measured on shared/corpus/docs against PyTorch, is 0.065 for onnx-int8 and
+# 0.0026 for openvino in bfloat16 (bench/bench_chunk.py prints how many gaps were rescored)
+_EXACT_MARGIN = {"onnx-int8": 0.03, "openvino": 0.006}
+
+
 class ChunkConfig(_Strict):
     model: str | None = Field(None, description="sentence-transformers model path; default: packaged all-MiniLM-L6-v2")
     min_tokens: int = Field(48, ge=1)
@@ -72,18 +77,27 @@ class ChunkConfig(_Strict):
         8, ge=1, description="the percentile is taken over this many gaps on either side (edits stay local)"
     )
     batch_size: int = Field(64, ge=1)
-    backend: Literal["torch", "onnx-int8"] = Field(
+    backend: Literal["torch", "onnx-int8", "openvino"] = Field(
         "torch",
-        description="embedding runtime: torch (the model as shipped) or onnx-int8 (ONNX Runtime, int8 weights, "
-        "exported once into ~/.cache/datapipe; faster on CPU, slightly different similarities, so other chunk ids)",
+        description="embedding runtime: torch (the model as shipped), onnx-int8 (ONNX Runtime, int8 weights) or "
+        "openvino (OpenVINO, bfloat16 on CPUs that have it, else float32); the last two run a float32 ONNX export made "
+        "once into ~/.cache/datapipe, are faster on CPU, and give other chunk ids (slightly different similarities)",
     )
     exact_margin: float = Field(
         0.03,
         ge=0,
         le=1,
-        description="onnx-int8 only: a break decided by a similarity closer than this to what it was compared "
-        "with is decided again on exact (float32) embeddings, so chunks match the torch backend's; 0: never",
+        description="onnx-int8 and openvino: a break decided by a similarity closer than this to what it was compared "
+        "with is decided again on exact (float32) embeddings, so chunks match the torch backend's; 0: never. "
+        "Default: 0.03 for onnx-int8, 0.006 for openvino (its similarities are closer to PyTorch's)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_margin(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backend") in _EXACT_MARGIN and "exact_margin" not in data:
+            data = {**data, "exact_margin": _EXACT_MARGIN[data["backend"]]}
+        return data
 
     @model_validator(mode="after")
     def _bounds(self) -> ChunkConfig:
@@ -426,6 +440,13 @@ class SemanticDedupConfig(_Strict):
         50_000, ge=0, description="from this many samples on, an approximate index (faiss IVF) replaces the exact pairs"
     )
     nprobe: int = Field(16, ge=1, description="IVF cells searched per sample (more: closer to exact, slower)")
+    slice_size: int | None = Field(
+        None,
+        ge=1,
+        description="None: the filter's process embeds every sample; N: slices of N samples are embedded as tasks "
+        "through the filter's executor (Ray tasks under runner.kind: ray), and the pairs are found over all of "
+        "them in the filter's process",
+    )
 
 
 class GroundingConfig(_Strict):
@@ -764,9 +785,11 @@ class PipelineConfig(_Strict):
         data = {s: self.model_dump(mode="json")[s] for s in sections}
         if isinstance(data.get("extract"), dict):
             data["extract"].pop("workers", None)
+        if isinstance(data.get("filter"), dict):
+            data["filter"]["semantic_dedup"].pop("slice_size", None)
         if isinstance(data.get("chunk"), dict) and data["chunk"].get("backend") == "torch":
             data["chunk"].pop("backend")  # the default hashes as before the field existed: existing runs reuse shards
-            data["chunk"].pop("exact_margin", None)  # onnx-int8 only
+            data["chunk"].pop("exact_margin", None)  # onnx-int8 and openvino only
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -77,7 +77,8 @@ def default_model_path() -> str:
 @lru_cache(maxsize=4)
 def load_embedder(model: str | None, backend: str = "torch") -> Any:
     """Load a sentence-transformers model from a local path (cached per process). ``backend="onnx-int8"``:
-    the same model on ONNX Runtime with int8 weights (see ``datapipe.chunk.quantised``)."""
+    the same model on ONNX Runtime with int8 weights; ``"openvino"``: on OpenVINO, in bfloat16 where the CPU has
+    it (see ``datapipe.chunk.quantised``)."""
     from sentence_transformers import SentenceTransformer
 
     path = model or default_model_path()
@@ -91,6 +92,10 @@ def load_embedder(model: str | None, backend: str = "torch") -> Any:
         from datapipe.chunk.quantised import QuantisedEmbedder
 
         return QuantisedEmbedder(path)
+    if backend == "openvino":
+        from datapipe.chunk.quantised import OpenVINOEmbedder
+
+        return OpenVINOEmbedder(path)
     return SentenceTransformer(path, device="cpu")
 
 
@@ -278,8 +283,8 @@ def fragile_gaps(
     window: int,
     margin: float,
 ) -> set[int]:
-    """Gaps whose score decided a break by less than ``margin``: an approximate embedding
-    (``chunk.backend: onnx-int8``) could flip exactly these decisions, so their scores are recomputed with the
+    """Gaps whose score decided a break by less than ``margin``: an approximate embedding (``chunk.backend:
+    onnx-int8`` or ``openvino``) could flip exactly these decisions, so their scores are recomputed with the
     exact model (see :meth:`SemanticChunker.chunk`). A decision that cannot change a break is left alone:
 
     * a gap within ``margin`` of its candidate threshold, when as a candidate it could be kept (it is

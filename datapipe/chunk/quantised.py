@@ -1,4 +1,5 @@
-"""The sentence embedder through ONNX Runtime with int8 weights (``chunk.backend: onnx-int8``).
+"""The sentence embedder through ONNX Runtime with int8 weights (``chunk.backend: onnx-int8``) or through
+OpenVINO (``chunk.backend: openvino``: bfloat16 on CPUs that have it, see :class:`OpenVINOEmbedder`).
 
 sentence-transformers' own ``backend="onnx"`` (and its ``export_dynamic_quantized_onnx_model``) needs
 Optimum's ONNX Runtime integration (``optimum-onnx``), whose releases require transformers < 4.58 while
@@ -22,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -149,9 +151,14 @@ class QuantisedEmbedder:
         self.normalize = bool(meta["normalize"])
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
         self._ort = ort
-        self.session = self._session(folder / ONNX_FILE)
         self._exact: Any = None
-        self._inputs = {i.name for i in self.session.get_inputs()}
+        self._inputs = {"input_ids", "attention_mask", "token_type_ids"}  # the export's inputs
+        self.session = self._fast_session(folder)
+
+    def _fast_session(self, folder: Path) -> Any:
+        """What ``encode`` runs: the int8 model on ONNX Runtime."""
+        self.precision = "int8"  # weights; activations are quantised per batch
+        return self._session(folder / ONNX_FILE)
 
     def _session(self, path: Path) -> Any:
         opts = self._ort.SessionOptions()
@@ -205,3 +212,37 @@ class QuantisedEmbedder:
             out = np.empty((len(texts), rows[0].shape[1]), dtype=np.float32)
             out[order] = np.concatenate(rows)
         return out[0] if single else out
+
+
+class OpenVINOEmbedder(QuantisedEmbedder):
+    """The same export's float32 model compiled by OpenVINO for this CPU (``chunk.backend: openvino``).
+
+    OpenVINO picks the CPU's fastest precision by itself: bfloat16 (on AMX / AVX512-BF16, e.g. Xeon 4th
+    generation and later) or float32 elsewhere. On the 2-core Xeon this project is developed on, bfloat16 encodes
+    ~2.9x faster than the PyTorch model with a mean cosine of 0.99998 to it; on a CPU without bfloat16 it runs in
+    float32, about as fast as PyTorch. The chunker rescores the few decisions whose scores were too close to call
+    with :meth:`encode_exact` (ONNX Runtime, float32 weights), as for ``onnx-int8``.
+    """
+
+    def _fast_session(self, folder: Path) -> Any:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise MissingDependencyError("openvino (chunk.backend: openvino)", "pip install openvino") from None
+        core = ov.Core()
+        # no pinning: threads pinned to cores that other processes (Ray workers, CI) also use wait on them
+        self._compiled = core.compile_model(
+            core.read_model(str(folder / FP32_FILE)),
+            "CPU",
+            {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False},
+        )
+        self.precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # bf16 or f32
+        self._local = threading.local()
+        return self  # ``_encode`` calls ``session.run``
+
+    def run(self, _outputs: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``onnxruntime.InferenceSession.run``'s shape; an infer request serves one thread at a time."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return [request.infer(feed)[0].copy()]

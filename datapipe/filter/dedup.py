@@ -181,6 +181,39 @@ def semantic_duplicates(
     return {samples[i].id: (samples[k].id, c) for i, (k, c) in dupes.items()}
 
 
+def embed_slice(job: tuple[str | None, str, int, list[str]]) -> np.ndarray:
+    """One slice's normalised embeddings (float32), in whatever process runs it: a Ray task loads the embedder
+    once per worker process (``load_embedder`` caches it)."""
+    from datapipe.chunk import load_embedder
+
+    model, backend, batch_size, texts = job
+    emb = load_embedder(model, backend).encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
+    return np.asarray(emb, dtype=np.float32)
+
+
+def semantic_duplicates_sliced(
+    samples: list[Sample],
+    cfg: SemanticDedupConfig,
+    model: str | None,
+    backend: str,
+    map_fn: MapFn = _local_map,
+    texts: Callable[[Sample], str] = _text,
+) -> dict[str, tuple[str, float]]:
+    """semantic_duplicates with the embedding -- nearly all of its cost -- as one task per ``cfg.slice_size``
+    samples through ``map_fn`` (e.g. Ray tasks); the pairs are then found over all embeddings here, as one
+    index (the rows of every slice can pair with any other's, so the search is not split)."""
+    if len(samples) < 2:
+        return {}
+    size = cfg.slice_size or len(samples)
+    all_texts = [texts(s) for s in samples]
+    jobs = [(model, backend, cfg.batch_size, all_texts[i : i + size]) for i in range(0, len(all_texts), size)]
+    emb = np.concatenate(map_fn(embed_slice, jobs))
+    dupes = semantic_duplicates_of(emb, cfg)
+    return {samples[i].id: (samples[k].id, c) for i, (k, c) in dupes.items()}
+
+
 def semantic_duplicates_of(emb: np.ndarray, cfg: SemanticDedupConfig) -> dict[int, tuple[int, float]]:
     """index -> (representative index, cosine) over L2-normalised embeddings, first-kept-wins in input order:
     exact below ``cfg.ann_min_samples`` rows, through an approximate index from there on."""
@@ -287,7 +320,11 @@ def near_dedup(samples: list[Sample], ctx: Any) -> list[Reject]:
 
 @batch_check("semantic_dedup", enabled=lambda ctx: ctx.cfg.filter.semantic_dedup.enabled, order=500)
 def semantic_dedup(samples: list[Sample], ctx: Any) -> list[Reject]:
-    """The batch check ``semantic_dedup`` (config: ``filter.semantic_dedup``): embedding cosine over all samples."""
-    return as_rejects(
-        samples, semantic_duplicates(samples, ctx.cfg.filter.semantic_dedup, ctx.model), "semantic (embedding cosine)"
-    )
+    """The batch check ``semantic_dedup`` (config: ``filter.semantic_dedup``): embedding cosine over all samples;
+    with ``slice_size`` the embedding runs as tasks through the chain's executor (``ctx.map_fn``, e.g. Ray)."""
+    cfg = ctx.cfg.filter.semantic_dedup
+    if cfg.slice_size:
+        found = semantic_duplicates_sliced(samples, cfg, ctx.cfg.chunk.model, ctx.cfg.chunk.backend, ctx.map_fn)
+    else:
+        found = semantic_duplicates(samples, cfg, ctx.model)
+    return as_rejects(samples, found, "semantic (embedding cosine)")

@@ -97,6 +97,7 @@ def _config(tmp: Path, corpus_docs: Path, llama_server: LlamaServer, s3: S3Serve
             "grounding": {"enabled": False},
             **TINY_TEACHER_FILTER,
             "near_dedup": {"partitions": 2, "slice_size": 2},
+            "semantic_dedup": {"slice_size": 2},  # embedded in slices: Ray tasks on the cluster, in turn locally
         },
         runner=runner,
     )

@@ -1,10 +1,11 @@
-"""The quantised embedder (chunk.backend onnx-int8) and the approximate semantic dedup, on the real packaged
-all-MiniLM-L6-v2 and real text from the shared corpus."""
+"""The fast embedders (chunk.backend onnx-int8 and openvino) and the approximate semantic dedup, on the real
+packaged all-MiniLM-L6-v2 and real text from the shared corpus."""
 
 from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,35 @@ def test_close_decisions_are_rescored_exactly_so_chunks_match_torch(
     assert off.gaps_refined == 0
 
 
+def test_openvino_embeddings_and_chunks_match_pytorch(quantised: QuantisedEmbedder, corpus_docs: Path) -> None:
+    """OpenVINO runs the same float32 export (bfloat16 on a CPU with AMX/AVX512-BF16, as this machine's): its
+    embeddings are the PyTorch model's to a cosine of 0.999, the chunks of the document int8 moved are the torch
+    backend's after rescoring fewer gaps than int8 needs, and two threads may encode at once."""
+    ov = load_embedder(None, "openvino")
+    assert ov.path == quantised.path  # the export the fixture made, not a second one
+    texts = _sentences(corpus_docs, 120)
+    ref = load_embedder(None).encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    got = ov.encode(texts, batch_size=32, normalize_embeddings=True)
+    cos = np.sum(got * ref, axis=1)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert cos.min() >= 0.999, (ov.precision, cos.min())
+    with ThreadPoolExecutor(2) as pool:  # an infer request per thread: concurrent calls do not mix their inputs
+        halves = list(pool.map(lambda part: ov.encode(part, batch_size=32, normalize_embeddings=True), [texts] * 4))
+    assert all(np.allclose(h, got, atol=1e-5) for h in halves)
+
+    assert ChunkConfig(backend="openvino").exact_margin == 0.006  # its own default, below int8's 0.03
+    assert ChunkConfig(backend="openvino", exact_margin=0.01).exact_margin == 0.01
+    doc = extract_file(SourceFile(corpus_docs / "norwich-city.txt"), ExtractConfig())
+    assert isinstance(doc, Document)
+    torch_spans = [(c.char_start, c.char_end) for c in SemanticChunker(ChunkConfig()).chunk(doc)]
+    fast = SemanticChunker(ChunkConfig(backend="openvino"))
+    assert [(c.char_start, c.char_end) for c in fast.chunk(doc)] == torch_spans
+    q = SemanticChunker(ChunkConfig(backend="onnx-int8"))
+    q.chunk(doc)
+    assert fast.gaps_refined < q.gaps_refined
+    assert fast.config_hash not in {q.config_hash, SemanticChunker(ChunkConfig()).config_hash}
+
+
 def test_fragile_gaps_are_the_close_decisions_that_can_change_a_break() -> None:
     positions = [10 * (g + 1) for g in range(8)]  # tokens before each gap
     scores = np.array([0.5, 0.5, 0.1, 0.5, 0.5, 0.5, 0.5, 0.5])
@@ -175,3 +205,6 @@ def test_chunk_stage_key_is_unchanged_for_the_torch_backend() -> None:
     assert torch_cfg.section_hash("chunk") == before
     assert before == "81062a3153ba39ea"  # the key before the backend field existed (git archive 71495e3)
     assert PipelineConfig(sources=["docs"], chunk=ChunkConfig(backend="onnx-int8")).section_hash("chunk") != before
+    # onnx-int8's key is what it was before openvino (and per-backend margins) existed
+    int8 = PipelineConfig(sources=["docs"], chunk={"backend": "onnx-int8"})
+    assert int8.chunk.exact_margin == 0.03 and int8.section_hash("chunk") == "6e6067e1eb9ec594"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,12 @@ from datapipe.config import (
 )
 from datapipe.filter import filter_samples
 from datapipe.filter.decontam import Decontaminator
-from datapipe.filter.dedup import near_duplicates, near_duplicates_partitioned, semantic_duplicates
+from datapipe.filter.dedup import (
+    near_duplicates,
+    near_duplicates_partitioned,
+    semantic_duplicates,
+    semantic_duplicates_sliced,
+)
 from datapipe.filter.grounding import check_grounding
 from datapipe.pipeline import NullProgress, apply_filters
 from datapipe.records import Reject, Sample
@@ -100,6 +106,22 @@ def test_semantic_paraphrases_caught_distinct_questions_kept(model: object) -> N
     ]
     dupes = semantic_duplicates(samples, SemanticDedupConfig(), model)
     assert {k: v[0] for k, v in dupes.items()} == {"s4": "s0", "s5": "s2"}
+
+    # embedded in slices, each a pickled task as Ray would run it (in another process: the embedder is loaded
+    # there by name, not shipped): the same pairs, across slices too (s4 and s0 never share a slice of 2)
+    import pickle
+
+    jobs: list[int] = []
+
+    def pickled(fn: Any, items: list[Any]) -> list[Any]:
+        jobs.append(len(items))
+        return [pickle.loads(pickle.dumps(fn))(pickle.loads(pickle.dumps(x))) for x in items]
+
+    for size in (1, 2, 4):
+        sliced = semantic_duplicates_sliced(samples, SemanticDedupConfig(slice_size=size), None, "torch", pickled)
+        assert sliced.keys() == dupes.keys()
+        assert all(sliced[k][0] == dupes[k][0] and abs(sliced[k][1] - dupes[k][1]) < 1e-4 for k in dupes)
+    assert jobs == [6, 3, 2]
 
 
 def _gsm8k(shared: Path) -> list[dict[str, str]]:
