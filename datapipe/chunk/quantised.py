@@ -233,7 +233,7 @@ class OpenVINOEmbedder(QuantisedEmbedder):
         # no pinning: threads pinned to cores that other processes (Ray workers, CI) also use wait on them.
         # A bounded cache of kernels per input shape: with the default (5,000 shapes) every new (batch, length)
         # kept its kernels, and RSS grew from 1.8 to 3.8 GB over 500 -> 3,000 documents; at 200 it stayed at
-        # ~1.16 GB, with the same speed (/tmp/ovmem.py, see bench/README.md)
+        # ~1.16 GB, 3 % slower (411 vs 400 s; /tmp/ovmem.py, see bench/README.md)
         self._compiled = core.compile_model(
             core.read_model(str(folder / FP32_FILE)),
             "CPU",
