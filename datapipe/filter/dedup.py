@@ -170,14 +170,18 @@ def semantic_duplicates(
     """sample id -> (representative id, cosine) for samples too close to an earlier kept one."""
     if len(samples) < 2:
         return {}
+    return _duplicate_ids(samples, _embed(model, [texts(s) for s in samples], cfg.batch_size), cfg)
+
+
+def _embed(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
     emb = model.encode(
-        [texts(s) for s in samples],
-        batch_size=cfg.batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
     )
-    dupes = semantic_duplicates_of(np.asarray(emb, dtype=np.float32), cfg)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def _duplicate_ids(samples: list[Sample], emb: np.ndarray, cfg: SemanticDedupConfig) -> dict[str, tuple[str, float]]:
+    dupes = semantic_duplicates_of(emb, cfg)
     return {samples[i].id: (samples[k].id, c) for i, (k, c) in dupes.items()}
 
 
@@ -187,10 +191,7 @@ def embed_slice(job: tuple[str | None, str, int, list[str]]) -> np.ndarray:
     from datapipe.chunk import load_embedder
 
     model, backend, batch_size, texts = job
-    emb = load_embedder(model, backend).encode(
-        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-    )
-    return np.asarray(emb, dtype=np.float32)
+    return _embed(load_embedder(model, backend), texts, batch_size)
 
 
 def semantic_duplicates_sliced(
@@ -209,9 +210,7 @@ def semantic_duplicates_sliced(
     size = cfg.slice_size or len(samples)
     all_texts = [texts(s) for s in samples]
     jobs = [(model, backend, cfg.batch_size, all_texts[i : i + size]) for i in range(0, len(all_texts), size)]
-    emb = np.concatenate(map_fn(embed_slice, jobs))
-    dupes = semantic_duplicates_of(emb, cfg)
-    return {samples[i].id: (samples[k].id, c) for i, (k, c) in dupes.items()}
+    return _duplicate_ids(samples, np.concatenate(map_fn(embed_slice, jobs)), cfg)
 
 
 def semantic_duplicates_of(emb: np.ndarray, cfg: SemanticDedupConfig) -> dict[int, tuple[int, float]]:
