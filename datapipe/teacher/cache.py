@@ -5,8 +5,30 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
+
+_BUSY_SECONDS = 30
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """WAL mode, so the processes sharing one cache (Ray workers on a machine) read while one writes.
+
+    Switching a new file to WAL while another process opens it fails at once with "database is locked":
+    SQLite does not call the busy handler for it (the `timeout` does not apply), so it is retried here.
+    """
+    deadline = time.monotonic() + _BUSY_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 class ResponseCache:
@@ -16,9 +38,9 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=_BUSY_SECONDS)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(self._db)
             self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self._db.commit()
 
