@@ -183,3 +183,24 @@ def test_break_decisions_read_only_a_bounded_neighbourhood() -> None:
         reach = {g for g in range(n) if any(abs(positions[g] - positions[h]) < min_tokens for h in moved)}
         assert breaks - reach == base_b - reach
         assert k in breaks or positions[k] < min_tokens or sum(lengths) - positions[k] < min_tokens
+
+
+def test_window_percentiles_are_each_windows_own_percentile() -> None:
+    """The thresholds computed over all whole windows at once equal, bit for bit, np.percentile of each gap's
+    own window (cut at the ends), for short and long score runs, ties, both float widths."""
+    import numpy as np
+
+    from datapipe.chunk import window_percentiles
+
+    rng = np.random.default_rng(7)
+    for n in [*range(12), 40, 333]:
+        for window in (1, 3, 5, 10):
+            for percentile in (10, 25, 33.3, 90):
+                for dtype in (np.float32, np.float64):
+                    scores = rng.random(n).astype(dtype)
+                    if n > 3:
+                        scores[n // 2] = scores[n // 2 - 1]  # a tie
+                    one_by_one = [
+                        np.percentile(scores[max(0, i - window) : i + window + 1], percentile) for i in range(n)
+                    ]
+                    assert np.array_equal(window_percentiles(scores, percentile, window), one_by_one), (n, window)
